@@ -1,0 +1,23 @@
+"""savae-tf: Semi-Amortized Variational Autoencoders in TensorFlow / Keras / TFP."""
+
+import setuptools
+
+setuptools.setup(
+    name="savae-tf",
+    version="0.1.0",
+    description="Semi-Amortized Variational Autoencoders (Kim et al., ICML 2018) in TensorFlow",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["savae_tf", "savae_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tf-keras>=2.21,<2.22",
+        "keras>=3.15,<3.16",
+        "tensorflow-probability[tf]>=0.25,<0.26",
+        "numpy>=1.26",
+        "absl-py>=2.0",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    license="MIT",
+)
