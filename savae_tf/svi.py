@@ -250,10 +250,13 @@ class _Sweep:
       return (k - 1, d_mean + h_mean, d_logvar + h_logvar,
               self.momentum * v_mean, self.momentum * v_logvar, d_theta)
 
+    # parallel_iterations=1: step k's loss and lambda-gradient do not depend on the adjoint, so
+    # a parallel loop would run several steps' forward passes ahead and hold their activations.
     _, d_mean, d_logvar, _, _, d_theta = tf.while_loop(
         lambda k, *_: k >= 0, body,
         (steps - 1, d_mean, d_logvar, tf.zeros_like(d_mean), tf.zeros_like(d_logvar),
-         [tf.zeros_like(v) for v in variables]))
+         [tf.zeros_like(v) for v in variables]),
+        parallel_iterations=1)
     return [d_mean, d_logvar], d_theta
 
   def exact_hvp(self, mean, logvar, step, u_mean, u_logvar, variables):

@@ -1,0 +1,61 @@
+"""Smoke tests: every script in bin/ runs with tiny flags and prints what it promises."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Every binary, its tiny flags, and a line fragment its output must contain.
+SMOKE_RUNS = {
+    "refine_demo.py": (["--svi_steps=3", "--batch_size=4"], "relative difference to unrolled"),
+}
+
+
+def run_binary(name, args, tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  return subprocess.run([sys.executable, str(ROOT / "bin" / name), *args], cwd=tmp_path,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_every_binary_has_a_smoke_test():
+  binaries = {path.name for path in (ROOT / "bin").glob("*.py")}
+  assert binaries == set(SMOKE_RUNS), "add the new binary to SMOKE_RUNS"
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE_RUNS))
+def test_binary_runs(name, tmp_path):
+  args, expected = SMOKE_RUNS[name]
+  result = run_binary(name, args, tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert expected in result.stdout
+
+
+def test_refine_demo_refinement_tightens_the_bound_and_modes_agree(tmp_path):
+  result = run_binary("refine_demo.py", ["--svi_steps=10"], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  exact = float(lines[0].split(":")[1].split()[0])
+  bounds = [float(line.split("=")[-1]) for line in lines if line.startswith("K=")]
+  assert len(bounds) == 11 and bounds[-1] < bounds[0] and min(bounds) >= exact
+  errors = [float(line.split()[-1]) for line in lines if "relative difference" in line]
+  assert len(errors) == 3 and max(errors) < 1e-8
+
+
+def test_a_bad_flag_is_a_clear_error(tmp_path):
+  result = run_binary("refine_demo.py", ["--refine_gradient=backprop"], tmp_path)
+  assert result.returncode != 0
+  assert "refine_gradient" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_readme_commands_name_existing_files():
+  readme = (ROOT / "README.md").read_text()
+  for marker in ("<!-- main-command -->", "<!-- test-command -->"):
+    command = readme.split(marker)[1].split("```")[1].strip()
+    assert "pip install -r requirements.txt -e ." in command
+    for word in command.split():
+      if word.startswith("bin/"):
+        assert (ROOT / word).is_file(), word
