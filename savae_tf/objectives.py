@@ -1,0 +1,88 @@
+"""Per-example objectives and the evaluation estimators.
+
+Everything returns one value per example ([batch]) except the dataset-level statistics (`mi`,
+`active_units`); averaging over a batch happens in the model's train_step, once.
+
+Text convention: a sentence is `<s> w_1 ... w_n </s>` with length n + 2; the decoder predicts
+tokens 1..n+1, so `</s>` is counted in the token count (and in perplexity) and `<s>` is not.
+"""
+
+import math
+
+import tensorflow as tf
+
+from savae_tf import distributions
+
+
+def target_mask(lengths, num_targets):
+  """[batch, num_targets] mask of real targets: target t (token t + 1) is real iff t < length - 1."""
+  return tf.sequence_mask(lengths - 1, maxlen=num_targets)
+
+
+def token_nll(logits, targets, mask):
+  """-log p(x | z) per example: the masked sum of the token cross-entropies.
+
+  logits: [..., time, vocab]; targets, mask: [..., time].
+  """
+  nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+  return tf.reduce_sum(nll * tf.cast(mask, nll.dtype), axis=-1)
+
+
+def iw_log_likelihood(log_likelihood_fn, mean, logvar, num_samples, seed, chunk_size: int = 50):
+  """Importance-weighted estimate of log p(x) per example, with q(z; mean, logvar) as proposal.
+
+      log p(x) ~ log (1/S) sum_s p(x | z_s) p(z_s) / q(z_s),   z_s ~ q
+
+  It is a stochastic lower bound whose expectation rises to log p(x) as S grows. Samples are drawn
+  `chunk_size` at a time and combined by a running log-sum-exp, so memory does not grow with S.
+
+  Args:
+    log_likelihood_fn: z [chunk, batch, latent] -> log p(x | z) [chunk, batch].
+    mean, logvar: the proposal, [batch, latent].
+    num_samples: S >= 1, a Python int or an int32 scalar tensor.
+    seed: stateless seed [2]; chunk c uses `step_seed(seed, c)`.
+  """
+  num_samples = tf.convert_to_tensor(num_samples, tf.int32)
+  with tf.control_dependencies([tf.debugging.assert_positive(
+      num_samples, message="iw_log_likelihood: num_samples must be >= 1")]):
+    num_chunks = (num_samples + chunk_size - 1) // chunk_size
+  latent_dim = tf.shape(mean)[-1]
+  prior = distributions.prior(latent_dim, mean.dtype)
+  proposal = distributions.posterior(mean, logvar)
+
+  def body(c, running):
+    z = distributions.sample(mean, logvar, distributions.step_seed(seed, c), chunk_size)
+    log_weights = log_likelihood_fn(z) + prior.log_prob(z) - proposal.log_prob(z)
+    index = c * chunk_size + tf.range(chunk_size)
+    log_weights = tf.where((index < num_samples)[:, None], log_weights,
+                           tf.constant(-math.inf, mean.dtype))
+    return c + 1, tf.reduce_logsumexp(tf.concat([running[None], log_weights], 0), axis=0)
+
+  initial = tf.fill(tf.shape(mean)[:1], tf.constant(-math.inf, mean.dtype))
+  _, total = tf.while_loop(lambda c, _: c < num_chunks, body, (tf.constant(0), initial))
+  return total - tf.math.log(tf.cast(num_samples, mean.dtype))
+
+
+def mutual_information(mean, logvar, seed):
+  """I_q(x; z) estimated on a batch, as He et al. (2019) do.
+
+      I = E_x E_q(z|x)[log q(z | x)] - E_z[log q(z)],  q(z) ~ (1/N) sum_n q(z | x_n)
+
+  with one z per example and the aggregate posterior q(z) over the batch. Biased for small batches;
+  He et al. average it over evaluation batches.
+  """
+  latent_dim = tf.cast(tf.shape(mean)[-1], mean.dtype)
+  batch = tf.cast(tf.shape(mean)[0], mean.dtype)
+  neg_entropy = tf.reduce_mean(
+      -0.5 * latent_dim * math.log(2 * math.pi) - 0.5 * tf.reduce_sum(1.0 + logvar, -1))
+  z = distributions.sample(mean, logvar, seed)
+  # log q(z_i | x_j) for every pair: [i, j].
+  log_density = distributions.posterior(mean, logvar).log_prob(z[:, None, :])
+  log_aggregate = tf.reduce_logsumexp(log_density, axis=1) - tf.math.log(batch)
+  return neg_entropy - tf.reduce_mean(log_aggregate)
+
+
+def active_units(mean_variance, threshold: float = 0.01):
+  """Number of latent dimensions whose posterior mean varies across the data: Var_x E_q[z_d] >
+  threshold (Burda et al. 2016). `mean_variance` is that variance per dimension, [latent]."""
+  return tf.reduce_sum(tf.cast(mean_variance > threshold, tf.int32))
