@@ -46,8 +46,8 @@ def step_seed(seed, step):
   The same (seed, step) always gives the same seed, so step k's noise can be drawn again in a
   reverse sweep; different steps give independent streams.
   """
-  return tf.random.experimental.stateless_fold_in(
-      tf.convert_to_tensor(seed, tf.int32), tf.cast(step, tf.int32))
+  seed = tf.convert_to_tensor(seed)
+  return tf.random.experimental.stateless_fold_in(seed, tf.cast(step, seed.dtype))
 
 
 def sample(mean, logvar, seed, num_samples: Optional[int] = None):

@@ -74,7 +74,8 @@ def refine(loss_fn: LossFn,
            momentum: float = 0.5,
            max_grad_norm: Optional[float] = 5.0,
            gradient: str = "unrolled",
-           fd_radius: Optional[float] = None) -> GaussianParams:
+           fd_radius: Optional[float] = None,
+           inputs: Optional[Sequence[tf.Tensor]] = None) -> GaussianParams:
   """Refines lambda_0 = (mean, logvar) by `steps` differentiable SVI steps; returns lambda_K.
 
   Args:
@@ -82,7 +83,8 @@ def refine(loss_fn: LossFn,
       (an int32 scalar tensor in 0..K-1). Any randomness inside it must be a function of `step`
       (e.g. `savae_tf.distributions.step_seed(seed, step)`), because the reverse modes evaluate it
       again and must see the same noise and dropout masks. It may read any trainable variables
-      (the decoder's theta); gradients reach them.
+      (the decoder's theta); gradients reach them. With `inputs`, it is called as
+      `loss_fn(mean, logvar, step, inputs)`.
     mean, logvar: lambda_0, float tensors of the same shape and dtype ([batch, latent]).
     steps: K >= 0, a Python int or a scalar int32 tensor (the loop is a `tf.while_loop`, so a
       new value does not retrace a `tf.function`).
@@ -109,6 +111,11 @@ def refine(loss_fn: LossFn,
       `loss_fn`, or use "finite_difference" or "none".
     fd_radius: perturbation length for "finite_difference"; default 1e-2 in float32, 1e-5 in
       float64.
+    inputs: tensors that `loss_fn` reads and that need gradients, typically work that does not
+      depend on z and is computed once outside the K steps (a decoder's embeddings). Pass them
+      here rather than by closure: the reverse modes return gradients only for `mean`, `logvar`,
+      `inputs` and the variables `loss_fn` reads, so a captured tensor that depends on trainable
+      variables would silently lose its share of the refinement gradient.
 
   Returns:
     GaussianParams(mean_K, logvar_K).
@@ -143,7 +150,7 @@ def refine(loss_fn: LossFn,
 
   dtype = mean.dtype
   lr_mean, lr_logvar = lr if isinstance(lr, (tuple, list)) else (lr, lr)
-  sweep = _Sweep(loss_fn,
+  sweep = _Sweep(loss_fn, None if inputs is None else list(inputs),
                  lr=(_as_dtype(lr_mean, dtype), _as_dtype(lr_logvar, dtype)),
                  momentum=_as_dtype(momentum, dtype),
                  max_norm=None if max_grad_norm is None else _as_dtype(max_grad_norm, dtype),
@@ -159,19 +166,24 @@ def refine(loss_fn: LossFn,
   hvp = sweep.exact_hvp if gradient == "reverse" else sweep.finite_difference_hvp
 
   @tf.custom_gradient
-  def refine_with_reverse_sweep(mean0, logvar0):
+  def refine_with_reverse_sweep(mean0, logvar0, *extra_inputs):
+    if sweep.inputs is not None:
+      sweep.inputs = list(extra_inputs)  # the tensors the custom gradient sees as inputs
     mean_k, logvar_k, trajectory = sweep.forward(mean0, logvar0, steps, keep_trajectory=True)
 
     def grad_fn(d_mean, d_logvar, variables=None):
       variables = list(variables or [])
       d_mean = tf.zeros_like(mean_k) if d_mean is None else d_mean
       d_logvar = tf.zeros_like(logvar_k) if d_logvar is None else d_logvar
-      d_lambda, d_theta = sweep.backward(trajectory, steps, d_mean, d_logvar, variables, hvp)
-      return (d_lambda, d_theta) if variables else d_lambda
+      # The extra inputs and the variables are both "theta" to the reverse sweep.
+      d_lambda, d_theta = sweep.backward(trajectory, steps, d_mean, d_logvar,
+                                         list(extra_inputs) + variables, hvp)
+      d_inputs = d_lambda + d_theta[:len(extra_inputs)]
+      return (d_inputs, d_theta[len(extra_inputs):]) if variables else d_inputs
 
     return (mean_k, logvar_k), grad_fn
 
-  mean_k, logvar_k = refine_with_reverse_sweep(mean, logvar)
+  mean_k, logvar_k = refine_with_reverse_sweep(mean, logvar, *(inputs or []))
   return GaussianParams(mean_k, logvar_k)
 
 
@@ -183,15 +195,17 @@ def _as_dtype(value, dtype):
 class _Sweep:
   """The forward recursion and its reverse sweep for one `refine` call."""
 
-  def __init__(self, loss_fn, lr, momentum, max_norm, fd_radius):
+  def __init__(self, loss_fn, inputs, lr, momentum, max_norm, fd_radius):
     self.loss_fn = loss_fn
+    self.inputs = inputs
     self.lr = lr
     self.momentum = momentum
     self.max_norm = max_norm
     self.fd_radius = fd_radius
 
   def loss(self, mean, logvar, step):
-    value = tf.convert_to_tensor(self.loss_fn(mean, logvar, step))
+    value = tf.convert_to_tensor(self.loss_fn(mean, logvar, step) if self.inputs is None
+                                 else self.loss_fn(mean, logvar, step, self.inputs))
     if value.shape.rank is not None and value.shape.rank != 0:
       raise ValueError(f"loss_fn must return a scalar; it returned shape {value.shape}.")
     if value.shape.rank is None:
@@ -206,11 +220,11 @@ class _Sweep:
     return tape.gradient(value, [mean, logvar],
                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-  def full_gradient(self, mean, logvar, step, variables):
+  def full_gradient(self, mean, logvar, step, theta):
     with tf.GradientTape(watch_accessed_variables=False) as tape:
-      tape.watch([mean, logvar] + variables)
+      tape.watch([mean, logvar] + theta)
       value = self.loss(mean, logvar, step)
-    grads = tape.gradient(value, [mean, logvar] + variables,
+    grads = tape.gradient(value, [mean, logvar] + theta,
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return [tf.convert_to_tensor(g) for g in grads]
 
@@ -235,8 +249,8 @@ class _Sweep:
         (tf.constant(0), mean, logvar, tf.zeros_like(mean), tf.zeros_like(logvar), trajectory))
     return mean, logvar, trajectory
 
-  def backward(self, trajectory, steps, d_mean, d_logvar, variables, hvp):
-    """The reverse sweep; returns ([d mean_0, d logvar_0], [d theta for each variable])."""
+  def backward(self, trajectory, steps, d_mean, d_logvar, theta, hvp):
+    """The reverse sweep; returns ([d mean_0, d logvar_0], [d theta_i for each tensor or variable])."""
     means, logvars, g_means, g_logvars = trajectory
 
     def body(k, d_mean, d_logvar, v_mean, v_logvar, d_theta):
@@ -245,7 +259,7 @@ class _Sweep:
       u_mean = clip_by_norm_vjp(g_means.read(k), -v_mean, self.max_norm)
       u_logvar = clip_by_norm_vjp(g_logvars.read(k), -v_logvar, self.max_norm)
       h_mean, h_logvar, h_theta = hvp(means.read(k), logvars.read(k), k, u_mean, u_logvar,
-                                      variables)
+                                      theta)
       d_theta = [a + b for a, b in zip(d_theta, h_theta)]
       return (k - 1, d_mean + h_mean, d_logvar + h_logvar,
               self.momentum * v_mean, self.momentum * v_logvar, d_theta)
@@ -255,28 +269,28 @@ class _Sweep:
     _, d_mean, d_logvar, _, _, d_theta = tf.while_loop(
         lambda k, *_: k >= 0, body,
         (steps - 1, d_mean, d_logvar, tf.zeros_like(d_mean), tf.zeros_like(d_logvar),
-         [tf.zeros_like(v) for v in variables]),
+         [tf.zeros_like(v) for v in theta]),
         parallel_iterations=1)
     return [d_mean, d_logvar], d_theta
 
-  def exact_hvp(self, mean, logvar, step, u_mean, u_logvar, variables):
+  def exact_hvp(self, mean, logvar, step, u_mean, u_logvar, theta):
     """(H_ll u, H_tl u) at step `step` by reverse-over-reverse differentiation."""
     with tf.GradientTape(watch_accessed_variables=False) as outer:
-      outer.watch([mean, logvar] + variables)
+      outer.watch([mean, logvar] + theta)
       g_mean, g_logvar = self.lambda_gradient(mean, logvar, step)
-    grads = outer.gradient([g_mean, g_logvar], [mean, logvar] + variables,
+    grads = outer.gradient([g_mean, g_logvar], [mean, logvar] + theta,
                            output_gradients=[u_mean, u_logvar],
                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
     grads = [tf.convert_to_tensor(g) for g in grads]
     return grads[0], grads[1], grads[2:]
 
-  def finite_difference_hvp(self, mean, logvar, step, u_mean, u_logvar, variables):
+  def finite_difference_hvp(self, mean, logvar, step, u_mean, u_logvar, theta):
     """(H_ll u, H_tl u) by central differences of the full gradient along u."""
     u_norm = tf.sqrt(tf.reduce_sum(tf.square(u_mean)) + tf.reduce_sum(tf.square(u_logvar)))
     nonzero = u_norm > 0
     h = tf.where(nonzero, self.fd_radius / tf.where(nonzero, u_norm, 1.0), 0.0)
-    plus = self.full_gradient(mean + h * u_mean, logvar + h * u_logvar, step, variables)
-    minus = self.full_gradient(mean - h * u_mean, logvar - h * u_logvar, step, variables)
+    plus = self.full_gradient(mean + h * u_mean, logvar + h * u_logvar, step, theta)
+    minus = self.full_gradient(mean - h * u_mean, logvar - h * u_logvar, step, theta)
     inv_2h = tf.where(nonzero, 0.5 / tf.where(nonzero, h, 1.0), 0.0)
     diff = [(p - m) * inv_2h for p, m in zip(plus, minus)]
     return diff[0], diff[1], diff[2:]

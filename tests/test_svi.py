@@ -280,3 +280,27 @@ def test_a_loss_that_is_not_a_scalar_is_rejected(gradient):
   per_example = lambda mean, logvar, step: tf.reduce_sum(mean + logvar, -1)
   with pytest.raises(ValueError, match="loss_fn must return a scalar"):
     refine(per_example, tf.zeros([2, 3]), tf.zeros([2, 3]), 2, gradient=gradient)
+
+
+@pytest.mark.parametrize("gradient", ["reverse", "finite_difference"])
+def test_inputs_computed_outside_the_loop_receive_their_refinement_gradient(gradient):
+  # `context` depends on a variable but is computed once, outside refine; the reverse sweeps
+  # must return its gradient (a closure would silently drop it).
+  problem = SoftplusDecoderProblem()
+  scale = tf.Variable(1.5, dtype=tf.float64)
+
+  def loss_fn(mean, logvar, step, inputs):
+    return problem.loss(mean, logvar, step) * inputs[0]
+
+  def grads(mode):
+    with tf.GradientTape() as tape:
+      context = tf.exp(scale)
+      mean_k, logvar_k = refine(loss_fn, problem.mean0, problem.logvar0, 3, lr=0.1,
+                                max_grad_norm=None, gradient=mode, inputs=[context])
+      value = problem.final_loss(mean_k, logvar_k)
+    return tape.gradient(value, [scale] + problem.variables)
+
+  expected = grads("unrolled")
+  assert abs(float(expected[0])) > 1e-3
+  tolerance = 1e-10 if gradient == "reverse" else 1e-6
+  assert relative_error(grads(gradient), expected) < tolerance

@@ -1,0 +1,291 @@
+"""SemiAmortizedVAE: every training variant of Kim et al. (2018) as one keras.Model.
+
+The objective everywhere is the batch mean of the per-example negative ELBO,
+
+    f(lambda, theta, x) = mean_b[ -log p_theta(x_b | z_b) + beta * KL(q(z; lambda_b) || p(z)) ],
+
+with z = mean + exp(logvar / 2) * eps. Batch means, not sums, are the paper's convention: they set
+the refiner's effective step size (each example moves by lr / batch of its own gradient).
+
+Modes (what each trains, and by which loss):
+  autoreg     decoder only, no latent: exact NLL (the LSTM language model).
+  vae         encoder and decoder on f(lambda_0), lambda_0 = enc(x).
+  svi         no encoder: lambda_0 = 0, K SVI steps (gradient stopped), decoder on f(lambda_K).
+  vae_svi     decoder on f(lambda_K) from a detached lambda_0; encoder on f(lambda_0) only (the
+              decoder gets no gradient from f(lambda_0)).
+  vae_svi_kl  decoder on f(lambda_K); encoder on KL(q(lambda_0) || q(lambda_K)), lambda_K detached.
+  savae       everything on f(lambda_K) differentiated through the refinement; the encoder learns
+              only through lambda_0.
+
+Batches are dicts {"tokens": int32 [batch, time], "lengths": int32 [batch]}.
+"""
+
+import dataclasses
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from savae_tf import distributions
+from savae_tf import objectives
+from savae_tf import svi
+
+MODES = ("autoreg", "vae", "svi", "vae_svi", "vae_svi_kl", "savae")
+
+
+@dataclasses.dataclass(frozen=True)
+class SVIConfig:
+  """The refiner's settings, shared by training and evaluation."""
+  steps: int = 20
+  lr: float = 1.0
+  momentum: float = 0.5
+  max_grad_norm: Optional[float] = 5.0
+  gradient: str = "reverse"
+
+  def __post_init__(self):
+    if self.steps < 0:
+      raise ValueError(f"SVI steps must be >= 0; got {self.steps}.")
+    if self.gradient not in svi.GRADIENT_MODES:
+      raise ValueError(f"Unknown refine gradient {self.gradient!r}; expected one of "
+                       f"{svi.GRADIENT_MODES}.")
+
+  def refine(self, loss_fn, mean, logvar, steps=None, gradient=None, inputs=None):
+    return svi.refine(loss_fn, mean, logvar, self.steps if steps is None else steps,
+                      lr=self.lr, momentum=self.momentum, max_grad_norm=self.max_grad_norm,
+                      gradient=gradient or self.gradient, inputs=inputs)
+
+
+class _VarianceOfMeans(keras.metrics.Metric):
+  """Per-dimension variance, over the data, of the posterior means (for active units)."""
+
+  def __init__(self, latent_dim, threshold, name="active_units", **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.threshold = threshold
+    self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+    self.total = self.add_variable(shape=(latent_dim,), initializer="zeros", name="total")
+    self.total_sq = self.add_variable(shape=(latent_dim,), initializer="zeros", name="total_sq")
+
+  def update_state(self, mean):
+    self.count.assign_add(tf.cast(tf.shape(mean)[0], self.dtype))
+    self.total.assign_add(tf.reduce_sum(mean, 0))
+    self.total_sq.assign_add(tf.reduce_sum(tf.square(mean), 0))
+
+  def result(self):
+    count = tf.maximum(self.count, 1.0)
+    variance = self.total_sq / count - tf.square(self.total / count)
+    return tf.cast(objectives.active_units(variance, self.threshold), self.dtype)
+
+
+class SemiAmortizedVAE(keras.Model):
+  """Encoder + decoder + refiner, trained by `mode` (see the module docstring)."""
+
+  def __init__(self, decoder, encoder=None, mode: str = "savae", latent_dim: int = 32,
+               svi_config: SVIConfig = SVIConfig(), test_svi_steps: Optional[int] = None,
+               kl_warmup_steps: int = 0, kl_start: float = 0.1, eval_num_samples: int = 0,
+               active_unit_threshold: float = 0.01, seed: int = 3435, **kwargs):
+    """
+    Args:
+      decoder: a layer with `prepare(tokens, training)` and `logits(context, z, training, seed)`.
+      encoder: a layer `(tokens, lengths) -> GaussianParams`; required by vae, vae_svi,
+        vae_svi_kl and savae, unused by autoreg and svi.
+      kl_warmup_steps: batches over which the KL weight beta rises linearly from `kl_start` to 1:
+        beta_t = min(1, kl_start + t / kl_warmup_steps) for the t-th batch (1-based), the paper's
+        rule with kl_warmup_steps = warmup epochs x batches per epoch. 0: beta = 1 throughout.
+        beta weights the KL inside the refinement too; evaluation always uses beta = 1.
+      test_svi_steps: K at evaluation (default: the training K).
+      eval_num_samples: importance samples for `iw_nll` in `evaluate` (0: skip it).
+    """
+    super().__init__(**kwargs)
+    if mode not in MODES:
+      raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
+    needs_encoder = mode in ("vae", "vae_svi", "vae_svi_kl", "savae")
+    if needs_encoder and encoder is None:
+      raise ValueError(f"mode {mode!r} needs an encoder.")
+    self.decoder = decoder
+    self.encoder = encoder if needs_encoder else None
+    self.mode = mode
+    self.latent_dim = 0 if mode == "autoreg" else latent_dim
+    self.svi_config = svi_config
+    self.test_svi_steps = svi_config.steps if test_svi_steps is None else test_svi_steps
+    self.kl_warmup_steps = kl_warmup_steps
+    self.kl_start = kl_start
+    self.eval_num_samples = eval_num_samples
+    self.seed = seed
+    self.refines = mode in ("svi", "vae_svi", "vae_svi_kl", "savae")
+    names = ["loss", "nll_bound", "kl"] + (["refined_nll_bound"] if self.refines else [])
+    self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+    self.eval_trackers = {name: keras.metrics.Mean(name=name) for name in
+                          ["nll_bound", "kl", "mi"] + (["refined_nll_bound"] if self.refines
+                                                       else [])
+                          + (["iw_nll"] if eval_num_samples else [])}
+    self.totals = {name: keras.metrics.Sum(name=name) for name in
+                   ["bound_total", "iw_total", "tokens"]}
+    self.variance_of_means = (_VarianceOfMeans(latent_dim, active_unit_threshold)
+                              if self.latent_dim else None)
+    self.built = True
+
+  @property
+  def metrics(self):
+    return (list(self.trackers.values()) + list(self.eval_trackers.values())
+            + list(self.totals.values())
+            + ([self.variance_of_means] if self.variance_of_means else []))
+
+  # --- The objective. ---
+
+  def kl_weight(self, step):
+    """beta for the 0-based training batch `step`."""
+    if not self.kl_warmup_steps:
+      return tf.constant(1.0)
+    t = tf.cast(step + 1, tf.float32)
+    return tf.minimum(1.0, self.kl_start + t / float(self.kl_warmup_steps))
+
+  def negative_elbo_terms(self, context, targets, mask, mean, logvar, seed, training):
+    """(-log p(x | z), KL) per example at lambda = (mean, logvar), one z drawn from `seed`."""
+    z_seed, dropout_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    z = distributions.sample(mean, logvar, z_seed)
+    logits = self.decoder.logits(context, z, training=training, seed=dropout_seed)
+    return (objectives.token_nll(logits, targets, mask),
+            distributions.kl_to_prior(mean, logvar))
+
+  def _initial_params(self, tokens, lengths, batch_size):
+    if self.encoder is not None:
+      return self.encoder(tokens, lengths)
+    zeros = tf.zeros([batch_size, self.latent_dim])
+    return distributions.GaussianParams(zeros, zeros)
+
+  def forward(self, data, seed, training, kl_weight, steps, gradient):
+    """Everything one batch needs: a dict of per-example terms and the losses to minimise."""
+    tokens, lengths = data["tokens"], data["lengths"]
+    targets = tokens[:, 1:]
+    mask = objectives.target_mask(lengths, tf.shape(targets)[1])
+    context = self.decoder.prepare(tokens, training=training)
+    out = {"tokens": tf.reduce_sum(tf.cast(mask, tf.int32), -1)}
+    seed_0, seed_k, seed_refine = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    if self.mode == "autoreg":
+      logits = self.decoder.logits(context, None, training=training, seed=seed_0)
+      out["nll"] = objectives.token_nll(logits, targets, mask)
+      out["nll_bound"] = out["nll"]
+      out["kl"] = tf.zeros_like(out["nll"])
+      out["loss"] = tf.reduce_mean(out["nll"])
+      return out
+
+    mean0, logvar0 = self._initial_params(tokens, lengths, tf.shape(tokens)[0])
+    out["mean0"], out["logvar0"] = mean0, logvar0
+    if self.mode != "svi":
+      nll0, kl0 = self.negative_elbo_terms(context, targets, mask, mean0, logvar0, seed_0,
+                                           training)
+      out["nll_bound"], out["kl"] = nll0 + kl0, kl0
+      out["loss"] = tf.reduce_mean(nll0 + kl_weight * kl0)
+    if not self.refines:
+      return out
+
+    def loss_fn(mean, logvar, step, inputs):
+      nll, kl = self.negative_elbo_terms(inputs[0], targets, mask, mean, logvar,
+                                         distributions.step_seed(seed_refine, step), training)
+      return tf.reduce_mean(nll + kl_weight * kl)
+
+    # The decoder's z-independent work (`context`) is computed once and handed to the refiner
+    # as an input, so the reverse sweep returns its gradient too.
+    if self.mode == "savae":
+      mean_k, logvar_k = self.svi_config.refine(loss_fn, mean0, logvar0, steps, gradient,
+                                                inputs=[context])
+    else:
+      mean_k, logvar_k = self.svi_config.refine(
+          loss_fn, tf.stop_gradient(mean0), tf.stop_gradient(logvar0), steps, "none",
+          inputs=[context])
+    nll_k, kl_k = self.negative_elbo_terms(context, targets, mask, mean_k, logvar_k, seed_k,
+                                           training)
+    out["refined_nll_bound"], out["kl"] = nll_k + kl_k, kl_k
+    out["mean"], out["logvar"] = mean_k, logvar_k
+    out["decoder_loss"] = tf.reduce_mean(nll_k + kl_weight * kl_k)
+    if self.mode == "svi":
+      out["nll_bound"] = out["refined_nll_bound"]
+    if self.mode == "vae_svi_kl":
+      q0 = distributions.posterior(mean0, logvar0)
+      q_k = distributions.posterior(tf.stop_gradient(mean_k), tf.stop_gradient(logvar_k))
+      out["encoder_loss"] = tf.reduce_mean(distributions.tfd.kl_divergence(q0, q_k))
+    elif self.mode == "vae_svi":
+      out["encoder_loss"] = out["loss"]
+    out["loss"] = out["decoder_loss"]
+    return out
+
+  # --- Keras hooks. ---
+
+  def train_step(self, data):
+    step = self.optimizer.iterations
+    seed = tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 0]), step)
+    split = self.mode in ("vae_svi", "vae_svi_kl")
+    with tf.GradientTape(persistent=split) as tape:
+      out = self.forward(data, seed, True, self.kl_weight(step), self.svi_config.steps, None)
+    loss = out["loss"]
+    tf.debugging.Assert(tf.math.is_finite(loss),
+                        ["Training loss is not finite (NaN or Inf) at step", step, ":", loss])
+    if split:
+      grads = (tape.gradient(out["encoder_loss"], self.encoder.trainable_variables)
+               + tape.gradient(out["decoder_loss"], self.decoder.trainable_variables))
+      variables = self.encoder.trainable_variables + self.decoder.trainable_variables
+      del tape
+    else:
+      variables = self.trainable_variables
+      grads = tape.gradient(loss, variables)
+    self.optimizer.apply(grads, variables)
+    for name, tracker in self.trackers.items():
+      tracker.update_state(out[name] if name == "loss" else tf.reduce_mean(out[name]))
+    return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+  def test_step(self, data):
+    seed = tf.constant([self.seed, 1])
+    out = self.forward(data, seed, False, tf.constant(1.0), self.test_svi_steps, "none")
+    batch = tf.shape(out["nll_bound"])[0]
+    best = out.get("refined_nll_bound", out["nll_bound"])
+    self.eval_trackers["nll_bound"].update_state(out["nll_bound"])
+    self.eval_trackers["kl"].update_state(out["kl"])
+    if self.refines:
+      self.eval_trackers["refined_nll_bound"].update_state(out["refined_nll_bound"])
+    self.totals["bound_total"].update_state(tf.reduce_sum(best))
+    self.totals["tokens"].update_state(tf.reduce_sum(out["tokens"]))
+    if self.latent_dim:
+      mean, logvar = out.get("mean", out["mean0"]), out.get("logvar", out["logvar0"])
+      self.eval_trackers["mi"].update_state(
+          objectives.mutual_information(mean, logvar, tf.constant([self.seed, 2])),
+          sample_weight=tf.cast(batch, tf.float32))
+      self.variance_of_means.update_state(mean)
+    if self.eval_num_samples:
+      iw = self.iw_nll(data, out, self.eval_num_samples)
+      self.eval_trackers["iw_nll"].update_state(iw)
+      self.totals["iw_total"].update_state(tf.reduce_sum(iw))
+    return self.evaluation_results()
+
+  def iw_nll(self, data, out, num_samples):
+    """-log p(x) per example by importance sampling, proposal q at the refined lambda."""
+    tokens = data["tokens"]
+    targets = tokens[:, 1:]
+    mask = objectives.target_mask(data["lengths"], tf.shape(targets)[1])
+    if self.mode == "autoreg":
+      return out["nll"]
+    context = self.decoder.prepare(tokens, training=False)
+    mean, logvar = out.get("mean", out["mean0"]), out.get("logvar", out["logvar0"])
+
+    def log_likelihood(z):  # z [S, B, D] -> [S, B]
+      samples, batch = tf.shape(z)[0], tf.shape(z)[1]
+      tiled = tf.tile(context, tf.concat([[samples], tf.ones([tf.rank(context) - 1], tf.int32)],
+                                         0))
+      logits = self.decoder.logits(tiled, tf.reshape(z, [samples * batch, -1]), training=False)
+      nll = objectives.token_nll(logits, tf.tile(targets, [samples, 1]), tf.tile(mask, [samples, 1]))
+      return -tf.reshape(nll, [samples, batch])
+
+    return -objectives.iw_log_likelihood(log_likelihood, mean, logvar, num_samples,
+                                         tf.constant([self.seed, 3]))
+
+  def evaluation_results(self):
+    results = {name: tracker.result() for name, tracker in self.eval_trackers.items()
+               if name != "mi" or self.latent_dim}
+    tokens = tf.maximum(self.totals["tokens"].result(), 1.0)
+    results["ppl_bound"] = tf.exp(self.totals["bound_total"].result() / tokens)
+    if self.mode == "autoreg":
+      results["ppl"] = results["ppl_bound"]
+    elif self.eval_num_samples:
+      results["ppl"] = tf.exp(self.totals["iw_total"].result() / tokens)
+    if self.latent_dim:
+      results["active_units"] = self.variance_of_means.result()
+    return results
