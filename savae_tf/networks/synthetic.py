@@ -16,6 +16,8 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from savae_tf.networks import text
+
 
 class SyntheticGenerator(keras.layers.Layer):
   """p(x | z) of the synthetic experiment, with the decoder interface of `SemiAmortizedVAE`."""
@@ -26,17 +28,10 @@ class SyntheticGenerator(keras.layers.Layer):
     super().__init__(**kwargs)
     self.vocab_size, self.embed_dim, self.hidden_dim = vocab_size, embed_dim, hidden_dim
     self.mlp_dim, self.latent_dim, self.init_scale = mlp_dim, latent_dim, init_scale
-    init = (keras.initializers.RandomUniform(-init_scale, init_scale) if init_scale else None)
-    dense = lambda units, **kw: keras.layers.Dense(
-        units, **({} if init is None else dict(kernel_initializer=init, bias_initializer=init)),
-        **kw)
-    lstm_init = {} if init is None else dict(kernel_initializer=init, recurrent_initializer=init,
-                                             bias_initializer=init, unit_forget_bias=False)
-    self.embed = keras.layers.Embedding(vocab_size + 1, embed_dim,
-                                        embeddings_initializer=init or "uniform")
-    self.lstm = keras.layers.LSTM(hidden_dim, return_sequences=True, **lstm_init)
-    self.hidden = dense(mlp_dim, activation="tanh")
-    self.out = dense(vocab_size)
+    self.embed = text.embedding(vocab_size + 1, embed_dim, init_scale)
+    self.lstm = text.lstm(hidden_dim, init_scale, use_cudnn="auto", return_sequences=True)
+    self.hidden = text.dense(mlp_dim, init_scale, activation="tanh")
+    self.out = text.dense(vocab_size, init_scale)
     self.embed.build((None, None))
     self.lstm.build((None, None, embed_dim))
     self.hidden.build((None, None, hidden_dim + latent_dim))

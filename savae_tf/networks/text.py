@@ -21,13 +21,13 @@ import tensorflow as tf
 from savae_tf.distributions import GaussianParams
 
 
-def _uniform(init_scale):
+def uniform(init_scale):
   """The paper's U(-s, s) initialiser, or None for the Keras default."""
   return None if init_scale is None else keras.initializers.RandomUniform(-init_scale, init_scale)
 
 
-def _lstm(units, init_scale, use_cudnn, **kwargs):
-  init = _uniform(init_scale)
+def lstm(units, init_scale, use_cudnn, **kwargs):
+  init = uniform(init_scale)
   if init is None:
     return keras.layers.LSTM(units, use_cudnn=use_cudnn, **kwargs)
   # PyTorch's two bias vectors are both U(-s, s); one Keras bias of U(-s, s) keeps the range, and
@@ -37,15 +37,15 @@ def _lstm(units, init_scale, use_cudnn, **kwargs):
                            unit_forget_bias=False, **kwargs)
 
 
-def _dense(units, init_scale, **kwargs):
-  init = _uniform(init_scale)
+def dense(units, init_scale, **kwargs):
+  init = uniform(init_scale)
   if init is None:
     return keras.layers.Dense(units, **kwargs)
   return keras.layers.Dense(units, kernel_initializer=init, bias_initializer=init, **kwargs)
 
 
-def _embedding(vocab_size, dim, init_scale, **kwargs):
-  init = _uniform(init_scale)
+def embedding(vocab_size, dim, init_scale, **kwargs):
+  init = uniform(init_scale)
   return keras.layers.Embedding(vocab_size, dim, embeddings_initializer=init or "uniform",
                                 **kwargs)
 
@@ -65,10 +65,10 @@ class LSTMEncoder(keras.layers.Layer):
     super().__init__(**kwargs)
     self.vocab_size, self.word_dim, self.hidden_dim = vocab_size, word_dim, hidden_dim
     self.latent_dim, self.init_scale, self.use_cudnn = latent_dim, init_scale, use_cudnn
-    self.embed = _embedding(vocab_size, word_dim, init_scale, dtype=self.dtype_policy)
-    self.lstm = _lstm(hidden_dim, init_scale, use_cudnn, dtype=self.dtype_policy)
-    self.mean_head = _dense(latent_dim, init_scale, dtype=self.dtype_policy)
-    self.logvar_head = _dense(latent_dim, init_scale, dtype=self.dtype_policy)
+    self.embed = embedding(vocab_size, word_dim, init_scale, dtype=self.dtype_policy)
+    self.lstm = lstm(hidden_dim, init_scale, use_cudnn, dtype=self.dtype_policy)
+    self.mean_head = dense(latent_dim, init_scale, dtype=self.dtype_policy)
+    self.logvar_head = dense(latent_dim, init_scale, dtype=self.dtype_policy)
     self.embed.build((None, None))
     self.lstm.build((None, None, word_dim))
     self.mean_head.build((None, hidden_dim))
@@ -102,15 +102,15 @@ class LSTMDecoder(keras.layers.Layer):
     self.vocab_size, self.word_dim, self.hidden_dim = vocab_size, word_dim, hidden_dim
     self.latent_dim, self.dropout, self.init_scale = latent_dim, dropout, init_scale
     self.use_cudnn = use_cudnn
-    self.embed = _embedding(vocab_size, word_dim, init_scale, dtype=self.dtype_policy)
-    self.lstm = _lstm(hidden_dim, init_scale, use_cudnn, return_sequences=True,
+    self.embed = embedding(vocab_size, word_dim, init_scale, dtype=self.dtype_policy)
+    self.lstm = lstm(hidden_dim, init_scale, use_cudnn, return_sequences=True,
                       dtype=self.dtype_policy)
-    self.out = _dense(vocab_size, init_scale, dtype=self.dtype_policy)
+    self.out = dense(vocab_size, init_scale, dtype=self.dtype_policy)
     self.embed.build((None, None))
     self.lstm.build((None, None, word_dim + latent_dim))
     self.out.build((None, None, hidden_dim))
     if latent_dim:
-      self.init_state = _dense(hidden_dim, init_scale, dtype=self.dtype_policy)
+      self.init_state = dense(hidden_dim, init_scale, dtype=self.dtype_policy)
       self.init_state.build((None, latent_dim))
     self.built = True
 
