@@ -4,3 +4,23 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def linear_gaussian_data():
+  """Factory: a float64 LinearGaussian with seeded N(0, 1) weights and a batch drawn from it."""
+  import tensorflow as tf
+  from savae_tf.networks.linear_gaussian import LinearGaussian
+
+  def make(data_dim, noise_std, batch, weight_seed, data_seed):
+    model = LinearGaussian(data_dim=data_dim, latent_dim=2, noise_std=noise_std, dtype="float64")
+    rng = np.random.default_rng(weight_seed)
+    model.kernel.assign(rng.normal(size=(2, data_dim)))
+    model.bias.assign(rng.normal(size=(data_dim,)))
+    x, _ = model.sample(batch, tf.constant(data_seed))
+    return model, x
+
+  return make

@@ -7,15 +7,6 @@ from savae_tf import distributions
 from savae_tf.networks.linear_gaussian import LinearGaussian
 
 
-def make_model():
-  model = LinearGaussian(data_dim=4, latent_dim=2, noise_std=0.7, dtype="float64")
-  rng = np.random.default_rng(5)
-  model.kernel.assign(rng.normal(size=(2, 4)))
-  model.bias.assign(rng.normal(size=(4,)))
-  x, _ = model.sample(5, tf.constant([1, 2]))
-  return model, x
-
-
 def test_log_marginal_equals_elbo_at_the_exact_posterior_when_it_is_diagonal():
   model = LinearGaussian(data_dim=3, latent_dim=2, noise_std=1.0, dtype="float64")
   # Orthogonal columns of W make the exact posterior diagonal, so the ELBO is tight there.
@@ -27,8 +18,8 @@ def test_log_marginal_equals_elbo_at_the_exact_posterior_when_it_is_diagonal():
   np.testing.assert_allclose(model.elbo(x, mean, logvar), model.log_marginal(x), rtol=1e-12)
 
 
-def test_elbo_is_a_lower_bound_and_matches_monte_carlo():
-  model, x = make_model()
+def test_elbo_is_a_lower_bound_and_matches_monte_carlo(linear_gaussian_data):
+  model, x = linear_gaussian_data(4, 0.7, 5, 5, [1, 2])
   mean = tf.constant(np.random.default_rng(0).normal(size=(5, 2)), tf.float64)
   logvar = tf.fill([5, 2], tf.constant(-0.5, tf.float64))
   elbo = model.elbo(x, mean, logvar)
@@ -40,9 +31,9 @@ def test_elbo_is_a_lower_bound_and_matches_monte_carlo():
   assert np.all(np.abs(mc - elbo) < 5 * standard_error)
 
 
-def test_log_marginal_matches_the_exact_bayes_identity():
+def test_log_marginal_matches_the_exact_bayes_identity(linear_gaussian_data):
   # log p(x) = log p(x | z) + log p(z) - log p(z | x) for any z.
-  model, x = make_model()
+  model, x = linear_gaussian_data(4, 0.7, 5, 5, [1, 2])
   z = tf.constant(np.random.default_rng(1).normal(size=(5, 2)), tf.float64)
   identity = (model.log_likelihood(x, z) + distributions.prior(2, tf.float64).log_prob(z)
               - model.posterior(x).log_prob(z))

@@ -8,15 +8,11 @@ import tensorflow as tf
 
 from savae_tf import distributions
 from savae_tf import objectives
-from savae_tf.networks.linear_gaussian import LinearGaussian
 
 
-def linear_gaussian_case():
-  model = LinearGaussian(data_dim=3, latent_dim=2, noise_std=0.8, dtype="float64")
-  rng = np.random.default_rng(0)
-  model.kernel.assign(rng.normal(size=(2, 3)))
-  model.bias.assign(rng.normal(size=(3,)))
-  x, _ = model.sample(6, tf.constant([5, 6]))
+@pytest.fixture
+def linear_gaussian_case(linear_gaussian_data):
+  model, x = linear_gaussian_data(3, 0.8, 6, 0, [5, 6])
   exact = model.posterior(x)
   # The diagonal of the exact posterior (slightly widened): a good but imperfect proposal.
   mean = exact.mean()
@@ -24,8 +20,8 @@ def linear_gaussian_case():
   return model, x, mean, logvar
 
 
-def test_iw_log_likelihood_converges_to_the_exact_log_marginal():
-  model, x, mean, logvar = linear_gaussian_case()
+def test_iw_log_likelihood_converges_to_the_exact_log_marginal(linear_gaussian_case):
+  model, x, mean, logvar = linear_gaussian_case
   exact = model.log_marginal(x)
   estimate = objectives.iw_log_likelihood(
       lambda z: model.log_likelihood(x, z), mean, logvar, 20000, tf.constant([1, 2]),
@@ -38,8 +34,8 @@ def test_iw_log_likelihood_converges_to_the_exact_log_marginal():
   assert np.all(model.elbo(x, mean, logvar) < exact)
 
 
-def test_iw_log_likelihood_with_a_partial_last_chunk_counts_only_num_samples():
-  model, x, mean, logvar = linear_gaussian_case()
+def test_iw_log_likelihood_with_a_partial_last_chunk_counts_only_num_samples(linear_gaussian_case):
+  model, x, mean, logvar = linear_gaussian_case
   fn = lambda z: model.log_likelihood(x, z)
   seed = tf.constant([3, 3])
   # 7 samples in chunks of 5 (one partial chunk) equal the log-mean-exp of the first 7 draws of
@@ -54,8 +50,8 @@ def test_iw_log_likelihood_with_a_partial_last_chunk_counts_only_num_samples():
   np.testing.assert_allclose(seven, expected, rtol=1e-12)
 
 
-def test_iw_log_likelihood_rejects_zero_samples():
-  model, x, mean, logvar = linear_gaussian_case()
+def test_iw_log_likelihood_rejects_zero_samples(linear_gaussian_case):
+  model, x, mean, logvar = linear_gaussian_case
   with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples must be >= 1"):
     objectives.iw_log_likelihood(lambda z: model.log_likelihood(x, z), mean, logvar, 0,
                                  tf.constant([1, 1]))
