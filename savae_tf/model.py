@@ -115,9 +115,8 @@ class SemiAmortizedVAE(keras.Model):
     names = ["loss", "nll_bound", "kl"] + (["refined_nll_bound"] if self.refines else [])
     self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
     self.eval_trackers = {name: keras.metrics.Mean(name=name) for name in
-                          ["nll_bound", "kl", "mi"] + (["refined_nll_bound"] if self.refines
-                                                       else [])
-                          + (["iw_nll"] if eval_num_samples else [])}
+                          ["nll_bound", "kl", "mi", "iw_nll"]
+                          + (["refined_nll_bound"] if self.refines else [])}
     self.totals = {name: keras.metrics.Sum(name=name) for name in
                    ["bound_total", "iw_total", "tokens"]}
     self.variance_of_means = (_VarianceOfMeans(latent_dim, active_unit_threshold)
@@ -234,7 +233,7 @@ class SemiAmortizedVAE(keras.Model):
     return {name: tracker.result() for name, tracker in self.trackers.items()}
 
   def test_step(self, data):
-    seed = tf.constant([self.seed, 1])
+    seed = self._evaluation_seed(data, 1)
     out = self.forward(data, seed, False, tf.constant(1.0), self.test_svi_steps, "none")
     batch = tf.shape(out["nll_bound"])[0]
     best = out.get("refined_nll_bound", out["nll_bound"])
@@ -247,7 +246,7 @@ class SemiAmortizedVAE(keras.Model):
     if self.latent_dim:
       mean, logvar = out.get("mean", out["mean0"]), out.get("logvar", out["logvar0"])
       self.eval_trackers["mi"].update_state(
-          objectives.mutual_information(mean, logvar, tf.constant([self.seed, 2])),
+          objectives.mutual_information(mean, logvar, self._evaluation_seed(data, 2)),
           sample_weight=tf.cast(batch, tf.float32))
       self.variance_of_means.update_state(mean)
     if self.eval_num_samples:
@@ -275,11 +274,23 @@ class SemiAmortizedVAE(keras.Model):
       return -tf.reshape(nll, [samples, batch])
 
     return -objectives.iw_log_likelihood(log_likelihood, mean, logvar, num_samples,
-                                         tf.constant([self.seed, 3]))
+                                         self._evaluation_seed(data, 3))
+
+  def _evaluation_seed(self, data, purpose):
+    """A seed that differs between batches but not between runs: keyed by the batch's tokens,
+    so Monte Carlo noise averages out over a data set and evaluation does not depend on the
+    order of batches."""
+    tokens = tf.cast(data["tokens"], tf.int64)
+    weights = tf.range(1, tf.size(tokens, out_type=tf.int64) + 1, dtype=tf.int64)
+    key = tf.reduce_sum(tf.reshape(tokens, [-1]) * weights) % (2**31 - 1)
+    return tf.random.experimental.stateless_fold_in(tf.constant([self.seed, purpose], tf.int64),
+                                                    key)
 
   def evaluation_results(self):
+    skipped = {"mi"} if not self.latent_dim else set()
+    skipped |= {"iw_nll"} if not self.eval_num_samples else set()
     results = {name: tracker.result() for name, tracker in self.eval_trackers.items()
-               if name != "mi" or self.latent_dim}
+               if name not in skipped}
     tokens = tf.maximum(self.totals["tokens"].result(), 1.0)
     results["ppl_bound"] = tf.exp(self.totals["bound_total"].result() / tokens)
     if self.mode == "autoreg":

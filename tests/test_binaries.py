@@ -1,5 +1,6 @@
 """Smoke tests: every script in bin/ runs with tiny flags and prints what it promises."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -12,6 +13,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Every binary, its tiny flags, and a line fragment its output must contain.
 SMOKE_RUNS = {
     "refine_demo.py": (["--svi_steps=3", "--batch_size=4"], "relative difference to unrolled"),
+    "train_synthetic.py": (["--model=all", "--generator=both", "--epochs=1", "--num_train=32",
+                            "--num_test=10", "--num_samples=5", "--svi_steps=2",
+                            "--model_dir=run"], "| savae |"),
 }
 
 
@@ -45,10 +49,33 @@ def test_refine_demo_refinement_tightens_the_bound_and_modes_agree(tmp_path):
   assert len(errors) == 3 and max(errors) < 1e-8
 
 
-def test_a_bad_flag_is_a_clear_error(tmp_path):
-  result = run_binary("refine_demo.py", ["--refine_gradient=backprop"], tmp_path)
+@pytest.mark.parametrize("name, args, named", [
+    ("refine_demo.py", ["--refine_gradient=backprop"], "refine_gradient"),
+    ("train_synthetic.py", ["--model=beta_vae"], "model"),
+    ("train_synthetic.py", ["--refine_gradient=adjoint"], "refine_gradient"),
+    ("train_synthetic.py", ["--epochs=0"], "epochs"),
+    ("train_synthetic.py", ["--batch_size=-2"], "batch_size"),
+    ("train_synthetic.py", ["--model_dir=a_file"], "model_dir"),
+])
+def test_a_bad_flag_is_a_clear_error_before_any_work(name, args, named, tmp_path):
+  (tmp_path / "a_file").write_text("not a directory")
+  result = run_binary(name, args, tmp_path)
   assert result.returncode != 0
-  assert "refine_gradient" in result.stderr and "Traceback" not in result.stderr
+  assert named in result.stderr and "Traceback" not in result.stderr
+  assert "true NLL" not in result.stdout  # no work was done
+
+
+def test_train_synthetic_writes_metrics_json_with_true_nll_and_flags(tmp_path):
+  args, _ = SMOKE_RUNS["train_synthetic.py"]
+  result = run_binary("train_synthetic.py", args[:-1] + ["--model=savae", "--generator=oracle",
+                                                         "--model_dir=out"], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+  metrics = report["runs"]["oracle/savae"]
+  assert {"nll_bound", "refined_nll_bound", "kl", "iw_nll", "mi", "active_units",
+          "true_nll"} <= set(metrics)
+  assert report["flags"]["svi_steps"] == 2 and report["flags"]["model"] == "savae"
+  assert metrics["true_nll"] == pytest.approx(report["true_nll"])
 
 
 def test_readme_commands_name_existing_files():

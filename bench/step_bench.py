@@ -1,0 +1,89 @@
+"""Benchmark: time and peak memory of one training step of every variant, as a ratio to a VAE step.
+
+The text configuration the paper's code was measured with on this kind of CPU (paper.md 9a):
+embedding 256, LSTM 256, latent 32, batch 32, 21 predicted tokens, vocabulary 10,000. Each step is
+`SemiAmortizedVAE.train_step` compiled with `tf.function`, on one fixed batch; the median of
+`--repeats` calls after a warm-up. Peak memory is TensorFlow's CPU allocator peak during the calls
+minus what was allocated before.
+
+  python bench/step_bench.py                                   # the table in BENCHMARKS.md
+  python bench/step_bench.py --word_dim=512 --hidden_dim=1024  # the paper's Yahoo sizes
+"""
+
+import os
+import platform
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+from savae_tf.model import SemiAmortizedVAE, SVIConfig
+from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
+
+flags.DEFINE_integer("word_dim", 256, "Embedding size.")
+flags.DEFINE_integer("hidden_dim", 256, "LSTM size.")
+flags.DEFINE_integer("latent_dim", 32, "Latent size.")
+flags.DEFINE_integer("vocab", 10000, "Vocabulary size.")
+flags.DEFINE_integer("batch", 32, "Sentences per batch.")
+flags.DEFINE_integer("length", 21, "Predicted tokens per sentence.")
+flags.DEFINE_list("steps", ["10", "20"], "Values of K.")
+flags.DEFINE_list("gradients", ["reverse", "unrolled", "finite_difference"],
+                  "Gradient modes for savae.")
+flags.DEFINE_integer("repeats", 5, "Timed steps per configuration (median reported).")
+FLAGS = flags.FLAGS
+
+
+def make_step(mode, steps=0, gradient="none"):
+  keras.utils.set_random_seed(0)
+  encoder = LSTMEncoder(FLAGS.vocab, FLAGS.word_dim, FLAGS.hidden_dim, FLAGS.latent_dim)
+  decoder = LSTMDecoder(FLAGS.vocab, FLAGS.word_dim, FLAGS.hidden_dim,
+                        0 if mode == "autoreg" else FLAGS.latent_dim, dropout=0.5)
+  model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=FLAGS.latent_dim,
+                           svi_config=SVIConfig(steps=steps, gradient=gradient))
+  model.compile(optimizer=keras.optimizers.SGD(1.0, global_clipnorm=5.0))
+  return tf.function(model.train_step)
+
+
+def measure(step, batch):
+  step(batch)
+  tf.config.experimental.reset_memory_stats("CPU:0")
+  before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+  times = []
+  for _ in range(FLAGS.repeats):
+    start = time.perf_counter()
+    step(batch)
+    times.append(time.perf_counter() - start)
+  peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+  return float(np.median(times)), peak / 2**20
+
+
+def main(_):
+  rng = np.random.default_rng(0)
+  batch = {"tokens": tf.constant(rng.integers(4, FLAGS.vocab, (FLAGS.batch, FLAGS.length + 1)),
+                                 tf.int32),
+           "lengths": tf.fill([FLAGS.batch], FLAGS.length + 1)}
+  configs = [("autoreg", 0, "none"), ("vae", 0, "none")]
+  for k in [int(k) for k in FLAGS.steps]:
+    configs += [("svi", k, "none"), ("vae_svi", k, "none"), ("vae_svi_kl", k, "none")]
+    configs += [("savae", k, g) for g in FLAGS.gradients]
+  print(f"machine: {platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}")
+  print(f"text model: embedding {FLAGS.word_dim}, LSTM {FLAGS.hidden_dim}, latent "
+        f"{FLAGS.latent_dim}, vocab {FLAGS.vocab}, batch {FLAGS.batch}, {FLAGS.length} tokens")
+  print("| variant | K | gradient | s per step | x VAE | peak MiB |")
+  print("|---|---|---|---|---|---|")
+  vae_time = None
+  for mode, k, gradient in configs:
+    seconds, peak = measure(make_step(mode, k, gradient), batch)
+    if mode == "vae":
+      vae_time = seconds
+    ratio = f"{seconds / vae_time:.1f}" if vae_time else "-"
+    print(f"| {mode} | {k} | {gradient} | {seconds:.3f} | {ratio} | {peak:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

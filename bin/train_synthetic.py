@@ -1,0 +1,133 @@
+"""The synthetic experiment of Kim et al. (2018), Table 1: VAE, SVI and SA-VAE on sequences from
+a known oracle, with the oracle's generator fixed ("oracle") or learned ("learned").
+
+  python bin/train_synthetic.py --model=all --generator=both --model_dir=runs/synthetic
+
+Prints each run's test metrics and, with --model=all, the table beside the paper's numbers; writes
+metrics.json into --model_dir. Assumptions about the oracle: savae_tf/data/synthetic.py.
+"""
+
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app
+from absl import flags
+import keras
+
+from savae_tf import flags as savae_flags
+from savae_tf import training
+from savae_tf.data import synthetic
+from savae_tf.evaluate import evaluate
+from savae_tf.model import MODES, SemiAmortizedVAE, SVIConfig
+from savae_tf.networks.synthetic import SyntheticGenerator
+from savae_tf.networks.text import LSTMEncoder
+
+savae_flags.define_svi_flags()
+savae_flags.define_seed_flag()
+flags.DEFINE_enum("model", "all", MODES + ("all",),
+                  "Training variant, or 'all' for Table 1's VAE, SVI and SA-VAE.")
+flags.DEFINE_enum("generator", "both", ["oracle", "learned", "both"],
+                  "'oracle': the decoder is the fixed true generator; 'learned': a generator of "
+                  "the same architecture is trained; 'both': one run of each.")
+flags.DEFINE_integer("epochs", 5, "Training epochs.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Sequences per batch.", lower_bound=1)
+flags.DEFINE_enum("optimizer", "adam", training.OPTIMIZERS, "Optimizer.")
+flags.DEFINE_float("learning_rate", 1e-3, "The optimizer's learning rate.", lower_bound=0.0)
+flags.DEFINE_float("max_grad_norm", 5.0,
+                   "The optimizer's global-norm clip over all parameters; <= 0 disables it.")
+flags.DEFINE_integer("warmup", 0, "KL warm-up in epochs (beta rises from 0.1 to 1); 0: beta = 1.",
+                     lower_bound=0)
+flags.DEFINE_integer("test_svi_steps", None, "K at test time (default: --svi_steps).",
+                     lower_bound=0)
+flags.DEFINE_integer("num_samples", 500, "Importance samples for iw_nll (0 skips it).",
+                     lower_bound=0)
+flags.DEFINE_integer("num_train", 5000, "Training sequences.", lower_bound=1)
+flags.DEFINE_integer("num_test", 1000, "Test sequences.", lower_bound=1)
+flags.DEFINE_string("model_dir", "runs/synthetic", "Where metrics.json is written.")
+flags.register_validator("model_dir", training.validate_model_dir,
+                         message="--model_dir names an existing file; give a directory.")
+FLAGS = flags.FLAGS
+
+TABLE_MODES = ("vae", "svi", "savae")
+PAPER = {("vae", "oracle"): 21.77, ("vae", "learned"): 27.06, ("svi", "oracle"): 22.33,
+         ("svi", "learned"): 25.82, ("savae", "oracle"): 20.13, ("savae", "learned"): 25.21}
+PAPER_TRUE_NLL = 19.63
+
+
+def build_model(mode, generator_kind, oracle, steps_per_epoch):
+  if generator_kind == "oracle":
+    decoder = oracle
+  else:
+    decoder = SyntheticGenerator(vocab_size=oracle.vocab_size, latent_dim=oracle.latent_dim)
+  encoder = LSTMEncoder(oracle.vocab_size + 1, 100, 100, oracle.latent_dim)
+  svi_config = SVIConfig(steps=FLAGS.svi_steps, lr=FLAGS.svi_lr, momentum=FLAGS.momentum,
+                         max_grad_norm=savae_flags.svi_max_grad_norm(FLAGS.svi_max_grad_norm),
+                         gradient=FLAGS.refine_gradient)
+  model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=oracle.latent_dim,
+                           svi_config=svi_config, test_svi_steps=FLAGS.test_svi_steps,
+                           kl_warmup_steps=FLAGS.warmup * steps_per_epoch, seed=FLAGS.seed)
+  model.compile(optimizer=training.make_optimizer(FLAGS.optimizer, FLAGS.learning_rate,
+                                                 FLAGS.max_grad_norm))
+  return model
+
+
+def reported_bound(mode, metrics):
+  """The row's number: the refined bound for refining variants, the amortized one otherwise."""
+  return metrics.get("refined_nll_bound", metrics["nll_bound"])
+
+
+def main(_):
+  keras.utils.set_random_seed(FLAGS.seed)
+  data = synthetic.make_synthetic_data(FLAGS.seed, num_train=FLAGS.num_train,
+                                       num_valid=1, num_test=FLAGS.num_test)
+  truth, quadrature_error = synthetic.true_nll(data.oracle, data.splits["test"]["tokens"])
+  print(f"true NLL of the test set (quadrature): {truth.mean():.3f} nats per sequence "
+        f"(grid error ~{quadrature_error:.1e}; paper's oracle: {PAPER_TRUE_NLL})", flush=True)
+  train = synthetic.as_dataset(data.splits["train"], FLAGS.batch_size, shuffle_seed=FLAGS.seed)
+  # Test with the training batch size: the refiner's objective is a batch mean, so each example
+  # moves by svi_lr / batch of its own gradient, and a larger test batch would refine less.
+  test = synthetic.as_dataset(data.splits["test"], FLAGS.batch_size)
+  steps_per_epoch = -(-FLAGS.num_train // FLAGS.batch_size)
+  modes = TABLE_MODES if FLAGS.model == "all" else (FLAGS.model,)
+  kinds = ("oracle", "learned") if FLAGS.generator == "both" else (FLAGS.generator,)
+  runs = {}
+  for kind in kinds:
+    for mode in modes:
+      model = build_model(mode, kind, data.oracle, steps_per_epoch)
+      start = time.time()
+      if model.trainable_variables:
+        print(f"== {kind} generator, {mode}: training {FLAGS.epochs} epochs", flush=True)
+        try:
+          training.fit(model, train, FLAGS.epochs)
+        except training.NonFiniteLossError as error:
+          raise app.UsageError(f"{kind}/{mode}: {error}") from None
+      metrics = evaluate(model, test, num_samples=FLAGS.num_samples)
+      metrics["train_seconds"] = round(time.time() - start, 1)
+      if kind == "oracle":
+        metrics["true_nll"] = float(truth.mean())
+      runs[f"{kind}/{mode}"] = metrics
+      print(f"== {kind} generator, {mode}: " + ", ".join(
+          f"{name} {value:.3f}" for name, value in sorted(metrics.items())), flush=True)
+
+  report = {"flags": training.flag_values(FLAGS, [sys.modules[__name__], savae_flags]),
+            "true_nll": float(truth.mean()), "true_nll_quadrature_error": quadrature_error,
+            "runs": runs}
+  path = training.write_metrics(FLAGS.model_dir, report)
+  print(f"metrics written to {path}")
+  if FLAGS.model == "all":
+    print("\n| model | " + " | ".join(f"{k} gen (ours) | {k} gen (paper)" for k in kinds) + " |")
+    print("|---|" + "---|---|" * len(kinds))
+    for mode in modes:
+      cells = [f"{reported_bound(mode, runs[f'{k}/{mode}']):.2f} | {PAPER[(mode, k)]:.2f}"
+               for k in kinds]
+      print(f"| {mode} | " + " | ".join(cells) + " |")
+    if "oracle" in kinds:
+      print(f"| true NLL | {truth.mean():.2f} | {PAPER_TRUE_NLL:.2f}" + " | - | -" * (len(kinds) - 1)
+            + " |")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,61 @@
+"""Tests for savae_tf.data.synthetic: the oracle, its samples and its true NLL."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from savae_tf import objectives
+from savae_tf.data import synthetic
+from savae_tf.networks.synthetic import SyntheticGenerator
+
+
+def test_oracle_is_a_frozen_function_of_its_seed():
+  a, b, c = synthetic.make_oracle(1), synthetic.make_oracle(1), synthetic.make_oracle(2)
+  assert not a.trainable_variables
+  for va, vb, vc in zip(a.weights, b.weights, c.weights):
+    np.testing.assert_array_equal(va, vb)
+    assert np.all(np.abs(va.numpy()) <= synthetic.ORACLE_SCALE)
+  assert any(np.any(va.numpy() != vc.numpy()) for va, vc in zip(a.weights, c.weights))
+
+
+def test_splits_have_the_documented_shapes_and_differ():
+  data = synthetic.make_synthetic_data(seed=7, num_train=20, num_valid=5, num_test=6)
+  train, test = data.splits["train"], data.splits["test"]
+  assert train["tokens"].shape == (20, 6) and test["tokens"].shape == (6, 6)
+  assert np.all(train["tokens"][:, 0] == 1000) and np.all(train["tokens"][:, 1:] < 1000)
+  np.testing.assert_array_equal(train["lengths"], 6)
+  assert not np.array_equal(train["tokens"][:6], test["tokens"])
+  again = synthetic.make_synthetic_data(seed=7, num_train=20, num_valid=5, num_test=6)
+  np.testing.assert_array_equal(again.splits["test"]["tokens"], test["tokens"])
+  with pytest.raises(ValueError, match="at least one"):
+    synthetic.make_synthetic_data(num_test=0)
+
+
+def test_true_nll_by_quadrature_matches_importance_sampling_from_the_prior():
+  keras.utils.set_random_seed(0)
+  generator = SyntheticGenerator(vocab_size=7, embed_dim=4, hidden_dim=5, mlp_dim=6,
+                                 init_scale=1.0)
+  tokens = generator.sample(tf.random.stateless_normal([6, 2], [1, 1]), 4, tf.constant([2, 2]))
+  quadrature, grid_error = synthetic.true_nll(generator, tokens, grid_size=41)
+  context = generator.prepare(tokens)
+  targets, mask = tokens[:, 1:], tf.ones([6, 4], bool)
+
+  def log_likelihood(z):
+    samples = tf.shape(z)[0]
+    logits = generator.logits(tf.tile(context, [samples, 1, 1]), tf.reshape(z, [-1, 2]))
+    nll = objectives.token_nll(logits, tf.tile(targets, [samples, 1]),
+                               tf.tile(mask, [samples, 1]))
+    return -tf.reshape(nll, [samples, 6])
+
+  sampled = -objectives.iw_log_likelihood(log_likelihood, tf.zeros([6, 2]), tf.zeros([6, 2]),
+                                          40000, tf.constant([3, 3]), chunk_size=2000)
+  np.testing.assert_allclose(quadrature, sampled, atol=0.02)
+  assert grid_error < 1e-2
+
+
+def test_as_dataset_yields_batches_of_tokens_and_lengths():
+  data = synthetic.make_synthetic_data(seed=1, num_train=10, num_valid=1, num_test=1)
+  batches = list(synthetic.as_dataset(data.splits["train"], 4, shuffle_seed=3))
+  assert [b["tokens"].shape[0] for b in batches] == [4, 4, 2]
+  assert set(batches[0]) == {"tokens", "lengths"}
