@@ -13,7 +13,6 @@ Peak memory is TensorFlow's CPU allocator peak during the call, minus what was a
 
 import os
 import platform
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,6 +24,8 @@ import tensorflow as tf
 
 from savae_tf import distributions
 from savae_tf import refine
+
+from timing import measure  # bench/timing.py
 
 flags.DEFINE_integer("batch", 32, "Sentences per batch.")
 flags.DEFINE_integer("length", 20, "Tokens per sentence.")
@@ -52,19 +53,6 @@ class Decoder(keras.Model):
     inputs = tf.concat([self.embed(tokens), tf.repeat(z[:, None], steps, axis=1)], -1)
     h0 = self.init_h(z)
     return self.out(self.lstm(inputs, initial_state=[h0, tf.zeros_like(h0)]))
-
-
-def measure(fn, repeats):
-  fn()  # trace and warm up
-  tf.config.experimental.reset_memory_stats("CPU:0")
-  before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
-  return float(np.median(times)), peak / 2**20
 
 
 def main(_):
@@ -112,8 +100,9 @@ def main(_):
   for mode in FLAGS.modes:
     for steps in [int(k) for k in FLAGS.steps]:
       seconds, mem = measure(refined_gradient(mode, tf.constant(steps)), FLAGS.repeats)
+      mem_ratio = f"{mem / base_mem:.2f}" if base_mem > 0 else "-"
       print(f"| {mode} | {steps} | {seconds * 1e3:.0f} | {seconds / base_time:.1f} | "
-            f"{mem:.1f} | {mem / base_mem:.2f} |", flush=True)
+            f"{mem:.1f} | {mem_ratio} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ minus what was allocated before.
 
 import os
 import platform
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,6 +23,8 @@ import tensorflow as tf
 
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
+
+from timing import measure  # bench/timing.py
 
 flags.DEFINE_integer("word_dim", 256, "Embedding size.")
 flags.DEFINE_integer("hidden_dim", 256, "LSTM size.")
@@ -49,19 +50,6 @@ def make_step(mode, steps=0, gradient="none"):
   return tf.function(model.train_step)
 
 
-def measure(step, batch):
-  step(batch)
-  tf.config.experimental.reset_memory_stats("CPU:0")
-  before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-  times = []
-  for _ in range(FLAGS.repeats):
-    start = time.perf_counter()
-    step(batch)
-    times.append(time.perf_counter() - start)
-  peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
-  return float(np.median(times)), peak / 2**20
-
-
 def main(_):
   rng = np.random.default_rng(0)
   batch = {"tokens": tf.constant(rng.integers(4, FLAGS.vocab, (FLAGS.batch, FLAGS.length + 1)),
@@ -78,7 +66,8 @@ def main(_):
   print("|---|---|---|---|---|---|")
   vae_time = None
   for mode, k, gradient in configs:
-    seconds, peak = measure(make_step(mode, k, gradient), batch)
+    step = make_step(mode, k, gradient)
+    seconds, peak = measure(lambda: step(batch), FLAGS.repeats)
     if mode == "vae":
       vae_time = seconds
     ratio = f"{seconds / vae_time:.1f}" if vae_time else "-"

@@ -86,3 +86,30 @@ def test_readme_commands_name_existing_files():
     for word in command.split():
       if word.startswith("bin/"):
         assert (ROOT / word).is_file(), word
+
+
+# Every benchmark script runs with tiny settings (the figures come from full runs, BENCHMARKS.md).
+BENCH_RUNS = {
+    "refine_bench.py": ["--steps=0,2", "--repeats=1", "--hidden=8", "--vocab=20", "--batch=4",
+                        "--length=5", "--latent=3"],
+    "step_bench.py": ["--steps=2", "--gradients=reverse", "--repeats=1", "--word_dim=8",
+                      "--hidden_dim=8", "--vocab=30", "--batch=4", "--length=5",
+                      "--latent_dim=3"],
+}
+
+
+def test_every_benchmark_has_a_smoke_run():
+  scripts = {p.name for p in (ROOT / "bench").glob("*_bench.py")}
+  assert scripts == set(BENCH_RUNS), "add the new benchmark to BENCH_RUNS"
+
+
+@pytest.mark.parametrize("name", sorted(BENCH_RUNS))
+def test_benchmark_runs(name, tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run([sys.executable, str(ROOT / "bench" / name), *BENCH_RUNS[name]],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines() if line.startswith("| ")
+          and not line.startswith("| mode") and not line.startswith("| variant")]
+  assert len(rows) >= 2 and all("nan" not in row for row in rows)
+
