@@ -1,10 +1,13 @@
 """The synthetic experiment of Kim et al. (2018), Table 1: VAE, SVI and SA-VAE on sequences from
 a known oracle, with the oracle's generator fixed ("oracle") or learned ("learned").
 
-  python bin/train_synthetic.py --model=all --generator=both --model_dir=runs/synthetic
+  python bin/train_synthetic.py --model=all --generator=both --model_dir=runs/synthetic \
+      --export_dir=export/synthetic
 
 Prints each run's test metrics and, with --model=all, the table beside the paper's numbers; writes
-metrics.json into --model_dir. Assumptions about the oracle: savae_tf/data/synthetic.py.
+the table's metrics.json into --model_dir and each trained model into --model_dir/<generator>-<model>
+(savae_tf/runs.py), and with --export_dir a SavedModel of each into
+--export_dir/<generator>-<model>/<version>. Assumptions about the oracle: savae_tf/data/synthetic.py.
 """
 
 import os
@@ -17,7 +20,9 @@ from absl import app
 from absl import flags
 import keras
 
+from savae_tf import export
 from savae_tf import flags as savae_flags
+from savae_tf import runs
 from savae_tf import training
 from savae_tf.data import synthetic
 from savae_tf.evaluate import evaluate
@@ -45,10 +50,19 @@ flags.DEFINE_integer("test_svi_steps", None, "K at test time (default: --svi_ste
 flags.DEFINE_integer("num_samples", 500, "Importance samples for iw_nll (0 skips it).",
                      lower_bound=0)
 flags.DEFINE_integer("num_train", 5000, "Training sequences.", lower_bound=1)
+flags.DEFINE_integer("num_valid", 1000, "Validation sequences.", lower_bound=1)
 flags.DEFINE_integer("num_test", 1000, "Test sequences.", lower_bound=1)
-flags.DEFINE_string("model_dir", "runs/synthetic", "Where metrics.json is written.")
+flags.DEFINE_bool("select_on_validation", True,
+                  "Evaluate the validation set after every epoch and test the best epoch's "
+                  "weights (the paper's protocol); otherwise test the last epoch's.")
+flags.DEFINE_string("model_dir", "runs/synthetic",
+                    "Where metrics.json and each trained model (<generator>-<model>/) go.")
 flags.register_validator("model_dir", training.validate_model_dir,
                          message="--model_dir names an existing file; give a directory.")
+flags.DEFINE_string("export_dir", None, "If set, each trained model is also exported as a "
+                    "SavedModel into <export_dir>/<generator>-<model>/<version>.")
+flags.register_validator("export_dir", lambda path: path is None or not os.path.isfile(path),
+                         message="--export_dir names an existing file; give a directory.")
 FLAGS = flags.FLAGS
 
 TABLE_MODES = ("vae", "svi", "savae")
@@ -82,7 +96,7 @@ def reported_bound(mode, metrics):
 def main(_):
   keras.utils.set_random_seed(FLAGS.seed)
   data = synthetic.make_synthetic_data(FLAGS.seed, num_train=FLAGS.num_train,
-                                       num_valid=1, num_test=FLAGS.num_test)
+                                       num_valid=FLAGS.num_valid, num_test=FLAGS.num_test)
   truth, quadrature_error = synthetic.true_nll(data.oracle, data.splits["test"]["tokens"])
   print(f"true NLL of the test set (quadrature): {truth.mean():.3f} nats per sequence "
         f"(grid error ~{quadrature_error:.1e}; paper's oracle: {PAPER_TRUE_NLL})", flush=True)
@@ -90,38 +104,53 @@ def main(_):
   # Test with the training batch size: the refiner's objective is a batch mean, so each example
   # moves by svi_lr / batch of its own gradient, and a larger test batch would refine less.
   test = synthetic.as_dataset(data.splits["test"], FLAGS.batch_size)
+  valid = (synthetic.as_dataset(data.splits["valid"], FLAGS.batch_size)
+           if FLAGS.select_on_validation else None)
   steps_per_epoch = -(-FLAGS.num_train // FLAGS.batch_size)
   modes = TABLE_MODES if FLAGS.model == "all" else (FLAGS.model,)
   kinds = ("oracle", "learned") if FLAGS.generator == "both" else (FLAGS.generator,)
-  runs = {}
+  vocabulary = synthetic.vocabulary(data.oracle.vocab_size)
+  results = {}
   for kind in kinds:
     for mode in modes:
       model = build_model(mode, kind, data.oracle, steps_per_epoch)
       start = time.time()
+      best_epoch = None
       if model.trainable_variables:
         print(f"== {kind} generator, {mode}: training {FLAGS.epochs} epochs", flush=True)
         try:
-          training.fit(model, train, FLAGS.epochs)
+          history = training.fit(model, train, FLAGS.epochs, valid)
         except training.NonFiniteLossError as error:
           raise app.UsageError(f"{kind}/{mode}: {error}") from None
+        if valid is not None:
+          curve = history.history["val_" + training.selection_metric(model)]
+          best_epoch = 1 + min(range(len(curve)), key=curve.__getitem__)
       metrics = evaluate(model, test, num_samples=FLAGS.num_samples)
+      if best_epoch:
+        metrics["best_epoch"] = best_epoch
       metrics["train_seconds"] = round(time.time() - start, 1)
       if kind == "oracle":
         metrics["true_nll"] = float(truth.mean())
-      runs[f"{kind}/{mode}"] = metrics
+      results[f"{kind}/{mode}"] = metrics
+      run_dir = runs.save_model(model, vocabulary,
+                                os.path.join(FLAGS.model_dir, f"{kind}-{mode}"))
+      training.write_metrics(run_dir, metrics)
+      if FLAGS.export_dir:
+        path = export.export(model, vocabulary, os.path.join(FLAGS.export_dir, f"{kind}-{mode}"))
+        print(f"== {kind} generator, {mode}: SavedModel written to {path}", flush=True)
       print(f"== {kind} generator, {mode}: " + ", ".join(
           f"{name} {value:.3f}" for name, value in sorted(metrics.items())), flush=True)
 
   report = {"flags": training.flag_values(FLAGS, [sys.modules[__name__], savae_flags]),
             "true_nll": float(truth.mean()), "true_nll_quadrature_error": quadrature_error,
-            "runs": runs}
+            "runs": results}
   path = training.write_metrics(FLAGS.model_dir, report)
   print(f"metrics written to {path}")
   if FLAGS.model == "all":
     print("\n| model | " + " | ".join(f"{k} gen (ours) | {k} gen (paper)" for k in kinds) + " |")
     print("|---|" + "---|---|" * len(kinds))
     for mode in modes:
-      cells = [f"{reported_bound(mode, runs[f'{k}/{mode}']):.2f} | {PAPER[(mode, k)]:.2f}"
+      cells = [f"{reported_bound(mode, results[f'{k}/{mode}']):.2f} | {PAPER[(mode, k)]:.2f}"
                for k in kinds]
       print(f"| {mode} | " + " | ".join(cells) + " |")
     if "oracle" in kinds:

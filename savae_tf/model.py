@@ -111,6 +111,7 @@ class SemiAmortizedVAE(keras.Model):
     self.kl_start = kl_start
     self.eval_num_samples = eval_num_samples
     self.seed = seed
+    self.active_unit_threshold = active_unit_threshold
     self.refines = mode in ("svi", "vae_svi", "vae_svi_kl", "savae")
     names = ["loss", "nll_bound", "kl"] + (["refined_nll_bound"] if self.refines else [])
     self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
@@ -122,6 +123,25 @@ class SemiAmortizedVAE(keras.Model):
     self.variance_of_means = (_VarianceOfMeans(latent_dim, active_unit_threshold)
                               if self.latent_dim else None)
     self.built = True
+
+  def get_config(self):
+    serialize = keras.saving.serialize_keras_object
+    return {"decoder": serialize(self.decoder),
+            "encoder": None if self.encoder is None else serialize(self.encoder),
+            "mode": self.mode, "latent_dim": self.latent_dim,
+            "svi_config": dataclasses.asdict(self.svi_config),
+            "test_svi_steps": self.test_svi_steps, "kl_warmup_steps": self.kl_warmup_steps,
+            "kl_start": self.kl_start, "eval_num_samples": self.eval_num_samples,
+            "active_unit_threshold": self.active_unit_threshold, "seed": self.seed}
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    deserialize = keras.saving.deserialize_keras_object
+    config["decoder"] = deserialize(config["decoder"])
+    config["encoder"] = config["encoder"] and deserialize(config["encoder"])
+    config["svi_config"] = SVIConfig(**config["svi_config"])
+    return cls(**config)
 
   @property
   def metrics(self):
@@ -146,20 +166,42 @@ class SemiAmortizedVAE(keras.Model):
     return (objectives.token_nll(logits, targets, mask),
             distributions.kl_to_prior(mean, logvar))
 
-  def _initial_params(self, tokens, lengths, batch_size):
+  def initial_params(self, tokens, lengths):
+    """lambda_0: the encoder's (mean, logvar), or the prior's (zeros) without an encoder."""
     if self.encoder is not None:
       return self.encoder(tokens, lengths)
-    zeros = tf.zeros([batch_size, self.latent_dim])
+    zeros = tf.zeros([tf.shape(tokens)[0], self.latent_dim])
     return distributions.GaussianParams(zeros, zeros)
 
-  def forward(self, data, seed, training, kl_weight, steps, gradient):
-    """Everything one batch needs: a dict of per-example terms and the losses to minimise."""
+  @staticmethod
+  def split_seed(seed):
+    """(seed for lambda_0's z, for lambda_K's z, for the refinement steps)."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+
+  def refine_posterior(self, context, targets, mask, mean0, logvar0, steps, gradient, seed,
+                       training, kl_weight):
+    """lambda_K: `steps` SVI steps on f from lambda_0; step k's z and dropout from seed and k."""
+    def loss_fn(mean, logvar, step, inputs):
+      nll, kl = self.negative_elbo_terms(inputs[0], targets, mask, mean, logvar,
+                                         distributions.step_seed(seed, step), training)
+      return tf.reduce_mean(nll + kl_weight * kl)
+
+    # The decoder's z-independent work (`context`) is computed once and handed to the refiner
+    # as an input, so the reverse sweep returns its gradient too.
+    return self.svi_config.refine(loss_fn, mean0, logvar0, steps, gradient, inputs=[context])
+
+  def forward(self, data, seed, training, kl_weight, steps, gradient, refine=None):
+    """Everything one batch needs: a dict of per-example terms and the losses to minimise.
+
+    `refine` (default: whether the mode refines) forces test-time refinement for a `vae`.
+    """
+    refine = self.refines if refine is None else refine
     tokens, lengths = data["tokens"], data["lengths"]
     targets = tokens[:, 1:]
     mask = objectives.target_mask(lengths, tf.shape(targets)[1])
     context = self.decoder.prepare(tokens, training=training)
     out = {"tokens": tf.reduce_sum(tf.cast(mask, tf.int32), -1)}
-    seed_0, seed_k, seed_refine = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    seed_0, seed_k, seed_refine = self.split_seed(seed)
     if self.mode == "autoreg":
       logits = self.decoder.logits(context, None, training=training, seed=seed_0)
       out["nll"] = objectives.token_nll(logits, targets, mask)
@@ -168,7 +210,7 @@ class SemiAmortizedVAE(keras.Model):
       out["loss"] = tf.reduce_mean(out["nll"])
       return out
 
-    mean0, logvar0 = self._initial_params(tokens, lengths, tf.shape(tokens)[0])
+    mean0, logvar0 = self.initial_params(tokens, lengths)
     out["mean0"], out["logvar0"] = mean0, logvar0
     if self.mode != "svi":
       with tf.GradientTape(watch_accessed_variables=False) as lambda_tape:
@@ -178,23 +220,16 @@ class SemiAmortizedVAE(keras.Model):
         out["amortized_loss"] = tf.reduce_mean(nll0 + kl_weight * kl0)
       out["nll_bound"], out["kl"] = nll0 + kl0, kl0
       out["loss"] = out["amortized_loss"]
-    if not self.refines:
+    if not refine:
       return out
 
-    def loss_fn(mean, logvar, step, inputs):
-      nll, kl = self.negative_elbo_terms(inputs[0], targets, mask, mean, logvar,
-                                         distributions.step_seed(seed_refine, step), training)
-      return tf.reduce_mean(nll + kl_weight * kl)
-
-    # The decoder's z-independent work (`context`) is computed once and handed to the refiner
-    # as an input, so the reverse sweep returns its gradient too.
     if self.mode == "savae":
-      mean_k, logvar_k = self.svi_config.refine(loss_fn, mean0, logvar0, steps, gradient,
-                                                inputs=[context])
+      mean_k, logvar_k = self.refine_posterior(context, targets, mask, mean0, logvar0, steps,
+                                               gradient, seed_refine, training, kl_weight)
     else:
-      mean_k, logvar_k = self.svi_config.refine(
-          loss_fn, tf.stop_gradient(mean0), tf.stop_gradient(logvar0), steps, "none",
-          inputs=[context])
+      mean_k, logvar_k = self.refine_posterior(
+          context, targets, mask, tf.stop_gradient(mean0), tf.stop_gradient(logvar0), steps,
+          "none", seed_refine, training, kl_weight)
     nll_k, kl_k = self.negative_elbo_terms(context, targets, mask, mean_k, logvar_k, seed_k,
                                            training)
     out["refined_nll_bound"], out["kl"] = nll_k + kl_k, kl_k
@@ -279,7 +314,40 @@ class SemiAmortizedVAE(keras.Model):
       return -tf.reshape(nll, [samples, batch])
 
     return -objectives.iw_log_likelihood(log_likelihood, mean, logvar, num_samples,
-                                         self._evaluation_seed(data, 3))
+                                         self._evaluation_seed(data, 3),
+                                         self._iw_chunk_size(tf.shape(targets)))
+
+  def _iw_chunk_size(self, target_shape, max_logits: int = 2**25, max_chunk: int = 50):
+    """Samples per importance-sampling chunk: at most `max_chunk`, and few enough that one
+    chunk's logits (chunk x batch x time x vocab floats) stay under `max_logits` (128 MiB), so
+    a batch of 1,000 sentences does not run out of memory."""
+    per_sample = target_shape[0] * target_shape[1] * self.decoder.vocab_size
+    return tf.clip_by_value(max_logits // tf.maximum(per_sample, 1), 1, max_chunk)
+
+  def score(self, data, steps, num_samples):
+    """Per-example evaluation of one batch, deterministic given the batch.
+
+    Returns the forward dict with `nll_bound` (amortized), `refined_nll_bound` (after `steps`
+    test-time SVI steps; every mode with a latent refines here, a VAE too), `kl` (at the refined
+    posterior), `iw_nll` (`num_samples` importance samples, proposal q at the refined posterior)
+    and `tokens` (predicted tokens per example). The LM's three NLLs are its exact NLL.
+    """
+    out = self.forward(data, self._evaluation_seed(data, 1), False, tf.constant(1.0), steps,
+                       "none", refine=self.latent_dim > 0)
+    out.setdefault("refined_nll_bound", out["nll_bound"])
+    out["iw_nll"] = self.iw_nll(data, out, num_samples)
+    return out
+
+  def refine_for_evaluation(self, data, mean, logvar, steps):
+    """lambda_K from a given lambda_0, with the noise `score` uses for this batch."""
+    if not self.latent_dim:
+      return distributions.GaussianParams(mean, logvar)
+    tokens = data["tokens"]
+    targets = tokens[:, 1:]
+    mask = objectives.target_mask(data["lengths"], tf.shape(targets)[1])
+    seed_refine = self.split_seed(self._evaluation_seed(data, 1))[2]
+    return self.refine_posterior(self.decoder.prepare(tokens), targets, mask, mean, logvar,
+                                 steps, "none", seed_refine, False, tf.constant(1.0))
 
   def _evaluation_seed(self, data, purpose):
     """A seed that differs between batches but not between runs: keyed by the batch's tokens,

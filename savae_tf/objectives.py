@@ -28,7 +28,7 @@ def token_nll(logits, targets, mask):
   return tf.reduce_sum(nll * tf.cast(mask, nll.dtype), axis=-1)
 
 
-def iw_log_likelihood(log_likelihood_fn, mean, logvar, num_samples, seed, chunk_size: int = 50):
+def iw_log_likelihood(log_likelihood_fn, mean, logvar, num_samples, seed, chunk_size=50):
   """Importance-weighted estimate of log p(x) per example, with q(z; mean, logvar) as proposal.
 
       log p(x) ~ log (1/S) sum_s p(x | z_s) p(z_s) / q(z_s),   z_s ~ q
@@ -41,6 +41,7 @@ def iw_log_likelihood(log_likelihood_fn, mean, logvar, num_samples, seed, chunk_
     mean, logvar: the proposal, [batch, latent].
     num_samples: S >= 1, a Python int or an int32 scalar tensor.
     seed: stateless seed [2]; chunk c uses `step_seed(seed, c)`.
+    chunk_size: samples per chunk, a Python int or an int32 scalar tensor >= 1.
   """
   num_samples = tf.convert_to_tensor(num_samples, tf.int32)
   with tf.control_dependencies([tf.debugging.assert_positive(

@@ -46,10 +46,26 @@ def make_optimizer(name: str, learning_rate: float, max_grad_norm: float):
   raise ValueError(f"Unknown optimizer {name!r}; expected one of {OPTIMIZERS}.")
 
 
-def fit(model, dataset, epochs: int, verbose=2):
-  """`model.fit`, turning the model's non-finite-loss assertion into a NonFiniteLossError."""
+def selection_metric(model) -> str:
+  """The validation metric the paper selects epochs by: the refined bound for refining modes,
+  the amortized bound (the LM's exact NLL) otherwise."""
+  return "refined_nll_bound" if model.refines else "nll_bound"
+
+
+def fit(model, dataset, epochs: int, validation=None, verbose=2):
+  """`model.fit`, turning the model's non-finite-loss assertion into a NonFiniteLossError.
+
+  With `validation`, evaluates it after every epoch and ends with the weights of the epoch whose
+  `selection_metric` was lowest (the paper keeps the best validation model).
+  """
+  callbacks = []
+  if validation is not None:
+    callbacks.append(keras.callbacks.EarlyStopping(
+        monitor="val_" + selection_metric(model), mode="min", patience=epochs,
+        restore_best_weights=True, verbose=verbose))
   try:
-    return model.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False)
+    return model.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False,
+                     validation_data=validation, callbacks=callbacks)
   except tf.errors.InvalidArgumentError as error:
     if "not finite" not in error.message:
       raise

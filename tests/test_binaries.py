@@ -10,13 +10,33 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Every binary, its tiny flags, and a line fragment its output must contain.
+# Every binary, its tiny flags, and a line fragment its output must contain. "{model}" is a tiny
+# saved model directory and "{saved_model}" its SavedModel (see `tiny_model`).
 SMOKE_RUNS = {
     "refine_demo.py": (["--svi_steps=3", "--batch_size=4"], "relative difference to unrolled"),
     "train_synthetic.py": (["--model=all", "--generator=both", "--epochs=1", "--num_train=32",
                             "--num_test=10", "--num_samples=5", "--svi_steps=2",
-                            "--model_dir=run"], "| savae |"),
+                            "--model_dir=run", "--export_dir=exp"], "| savae |"),
+    "export_savedmodel.py": (["--model_dir={model}", "--export_dir=exp"],
+                             "SavedModel written to exp/1"),
+    "evaluate.py": (["--model={saved_model}", "--data=synthetic", "--num_test=20",
+                     "--svi_steps=2", "--num_samples=3", "--output=m.json"], "refined_nll_bound"),
+    "generate.py": (["--model={model}", "--num=2", "--reconstruct=w1 w2 w3",
+                     "--interpolate=w1 w2|w3 w4", "--max_length=4"], "== interpolation"),
 }
+
+
+def tiny_model(tmp_path):
+  """A small untrained synthetic-vocabulary SA-VAE saved as a model directory and a SavedModel."""
+  from savae_tf import export, runs
+  from savae_tf.data import synthetic
+  from savae_tf.model import SemiAmortizedVAE, SVIConfig
+  from savae_tf.networks.synthetic import SyntheticGenerator
+  from savae_tf.networks.text import LSTMEncoder
+  model = SemiAmortizedVAE(SyntheticGenerator(1000, 4, 4, 8), LSTMEncoder(1001, 4, 4, 2),
+                           mode="savae", latent_dim=2, svi_config=SVIConfig(steps=2))
+  model_dir = runs.save_model(model, synthetic.vocabulary(), str(tmp_path / "model"))
+  return model_dir, export.export(model, synthetic.vocabulary(), str(tmp_path / "saved"))
 
 
 def run_binary(name, args, tmp_path):
@@ -33,6 +53,9 @@ def test_every_binary_has_a_smoke_test():
 @pytest.mark.parametrize("name", sorted(SMOKE_RUNS))
 def test_binary_runs(name, tmp_path):
   args, expected = SMOKE_RUNS[name]
+  if any("{" in arg for arg in args):
+    model_dir, saved_model = tiny_model(tmp_path)
+    args = [arg.format(model=model_dir, saved_model=saved_model) for arg in args]
   result = run_binary(name, args, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert expected in result.stdout
@@ -95,6 +118,8 @@ BENCH_RUNS = {
     "step_bench.py": ["--steps=2", "--gradients=reverse", "--repeats=1", "--word_dim=8",
                       "--hidden_dim=8", "--vocab=30", "--batch=4", "--length=5",
                       "--latent_dim=3"],
+    "score_bench.py": ["--vocab=20", "--hidden=4", "--mlp=8", "--batch=4", "--num_samples=1,3",
+                       "--steps=0,2", "--total=8", "--repeats=1"],
 }
 
 
@@ -113,3 +138,22 @@ def test_benchmark_runs(name, tmp_path):
           and not line.startswith("| mode") and not line.startswith("| variant")]
   assert len(rows) >= 2 and all("nan" not in row for row in rows)
 
+
+
+def test_bad_input_to_the_model_binaries_is_named_without_a_traceback(tmp_path):
+  model_dir, saved_model = tiny_model(tmp_path)
+  (tmp_path / "empty.txt").write_text("\n  \n")
+  cases = [
+      ("generate.py", [f"--model={model_dir}", "--reconstruct=w1 hello"], "not in the vocabulary"),
+      ("generate.py", [f"--model={saved_model}"], "Nothing to do"),
+      ("evaluate.py", [f"--model={saved_model}", "--sentences_file=missing.txt"], "does not exist"),
+      ("evaluate.py", [f"--model={saved_model}", "--sentences_file=empty.txt"], "no sentences"),
+      ("evaluate.py", [f"--model={saved_model}", "--data=synthetic", "--sentences_file=empty.txt"],
+       "exactly one of --data and --sentences_file"),
+      ("export_savedmodel.py", ["--model_dir=nowhere", "--export_dir=e"], "does not exist"),
+  ]
+  for name, args, message in cases:
+    result = run_binary(name, args, tmp_path)
+    assert result.returncode != 0, (name, args)
+    assert message in result.stderr and "Traceback" not in result.stderr, (name, args,
+                                                                            result.stderr[-2000:])

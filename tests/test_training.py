@@ -43,3 +43,23 @@ def test_flag_values_lists_only_the_given_modules_flags():
   values(["prog"])
   import sys
   assert training.flag_values(values, [sys.modules[__name__]]) == {"alpha": 3}
+
+
+def test_fit_with_validation_ends_with_the_best_epochs_weights():
+  keras.utils.set_random_seed(0)
+  model = SemiAmortizedVAE(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), mode="vae",
+                           latent_dim=2)
+  # Few training sentences and a large step: validation gets worse after a few epochs.
+  model.compile(optimizer=training.make_optimizer("adam", 0.1, 5.0))
+  rng = np.random.default_rng(0)
+  def data(n):
+    return tf.data.Dataset.from_tensor_slices(
+        {"tokens": rng.integers(1, 9, (n, 6)).astype(np.int32),
+         "lengths": np.full([n], 6, np.int32)}).batch(4)
+  valid = data(8)
+  history = training.fit(model, data(8), epochs=8, validation=valid, verbose=0)
+  curve = history.history["val_nll_bound"]
+  assert training.selection_metric(model) == "nll_bound"
+  assert min(curve) < curve[-1]  # the last epoch was not the best one
+  final = model.evaluate(valid, verbose=0, return_dict=True)["nll_bound"]
+  assert final == pytest.approx(min(curve), rel=1e-5)

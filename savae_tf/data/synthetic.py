@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from savae_tf import objectives
+from savae_tf.data.text import BOS, Vocabulary
 from savae_tf.networks.synthetic import SyntheticGenerator
 
 ORACLE_SCALE = 0.45
@@ -37,6 +38,12 @@ def make_oracle(seed: int, scale: float = ORACLE_SCALE, vocab_size: int = 1000):
     variable.assign(rng.uniform(-scale, scale, variable.shape).astype(np.float32))
   oracle.trainable = False
   return oracle
+
+
+def vocabulary(vocab_size: int = 1000) -> Vocabulary:
+  """Words `w0` ... `w{vocab_size - 1}` (ids 0 ...) and the start token `<s>` (id vocab_size);
+  no `<pad>`, `<unk>` or `</s>`: the oracle's sentences have a fixed length and no end token."""
+  return Vocabulary([f"w{i}" for i in range(vocab_size)] + [BOS], pad=None, unk=None, eos=None)
 
 
 def sample_split(oracle, num: int, seed: int, length: int = SEQUENCE_LENGTH):

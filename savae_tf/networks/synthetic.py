@@ -16,9 +16,11 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from savae_tf import decoding
 from savae_tf.networks import text
 
 
+@keras.saving.register_keras_serializable(package="savae_tf")
 class SyntheticGenerator(keras.layers.Layer):
   """p(x | z) of the synthetic experiment, with the decoder interface of `SemiAmortizedVAE`."""
 
@@ -37,6 +39,9 @@ class SyntheticGenerator(keras.layers.Layer):
     self.hidden.build((None, None, hidden_dim + latent_dim))
     self.out.build((None, None, mlp_dim))
     self.built = True
+
+  # The start token is an input id past the output vocabulary: vocabularies have vocab_size + 1 words.
+  input_only_ids = 1
 
   @property
   def start_token(self):
@@ -62,10 +67,5 @@ class SyntheticGenerator(keras.layers.Layer):
 
   def sample(self, z, length: int, seed):
     """Sequences [batch, length + 1] (start token first) drawn from p(x | z), stateless."""
-    tokens = tf.fill([tf.shape(z)[0], 1], self.start_token)
-    for t in range(length):
-      logits = self.call(tf.pad(tokens, [[0, 0], [0, 1]]), z)[:, -1]
-      step_seed = tf.random.experimental.stateless_fold_in(seed, t)
-      next_token = tf.random.stateless_categorical(logits, 1, step_seed, dtype=tf.int32)
-      tokens = tf.concat([tokens, next_token], axis=1)
-    return tokens
+    tokens = decoding.decode(self, z, self.start_token, length, 1.0, seed).tokens
+    return tf.concat([tf.fill([tf.shape(z)[0], 1], self.start_token), tokens], axis=1)

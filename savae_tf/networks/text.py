@@ -57,6 +57,7 @@ def dropout(x, rate: float, seed, training):
   return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed)
 
 
+@keras.saving.register_keras_serializable(package="savae_tf")
 class LSTMEncoder(keras.layers.Layer):
   """q(z | x): Embedding -> LSTM -> state at the last real token -> linear mean and logvar heads."""
 
@@ -88,6 +89,7 @@ class LSTMEncoder(keras.layers.Layer):
     return GaussianParams(self.mean_head(summary), self.logvar_head(summary))
 
 
+@keras.saving.register_keras_serializable(package="savae_tf")
 class LSTMDecoder(keras.layers.Layer):
   """p(x | z): z concatenated to every input embedding, h_0 = W z + b, c_0 = 0.
 

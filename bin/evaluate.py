@@ -1,0 +1,84 @@
+"""Evaluates a model directory or a SavedModel on sentences and writes the metrics JSON.
+
+  python bin/evaluate.py --model=export/synthetic/learned-savae/1 --data=synthetic
+  python bin/evaluate.py --model=runs/synthetic/learned-savae --sentences_file=test.txt
+
+--model is a SavedModel directory (run without any of our code), an export directory of versions
+(the newest is used) or a model directory written by a training binary. Data: --data=synthetic (the synthetic experiment's test split for --seed) or
+--sentences_file (one whitespace-tokenized sentence per line; blank lines skipped). Metric names are
+the training binaries' (DESIGN.md); see savae_tf.evaluate.evaluate_sentences for how they are
+computed from the exported signatures.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app
+from absl import flags
+import tensorflow as tf
+
+from savae_tf import export
+from savae_tf import flags as savae_flags
+from savae_tf import training
+from savae_tf.data import synthetic
+from savae_tf.evaluate import evaluate_sentences
+
+savae_flags.define_seed_flag()
+flags.DEFINE_string("model", None, "A SavedModel directory or a model directory.", required=True)
+flags.DEFINE_enum("data", None, ["synthetic"], "A built-in data set: the synthetic test split.")
+flags.DEFINE_string("sentences_file", None, "A text file, one sentence per line.")
+flags.DEFINE_integer("num_test", 1000, "Sentences of the synthetic test split.", lower_bound=1)
+flags.DEFINE_integer("svi_steps", 20, "Test-time refinement steps K.", lower_bound=0)
+flags.DEFINE_integer("num_samples", 500, "Importance samples for iw_nll.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Sentences per batch; keep the training batch size (the "
+                     "refiner's step is per batch mean).", lower_bound=1)
+flags.DEFINE_string("output", None, "The metrics JSON (default: eval_metrics.json in a model "
+                    "directory, or in the current directory for a SavedModel).")
+flags.register_multi_flags_validator(
+    ["data", "sentences_file"], lambda f: (f["data"] is None) != (f["sentences_file"] is None),
+    message="Give exactly one of --data and --sentences_file.")
+FLAGS = flags.FLAGS
+
+
+def read_sentences(path):
+  if not os.path.isfile(path):
+    raise app.UsageError(f"--sentences_file {path!r} does not exist.")
+  with open(path, encoding="utf-8") as f:
+    sentences = [line.strip() for line in f if line.strip()]
+  if not sentences:
+    raise app.UsageError(f"--sentences_file {path!r} has no sentences.")
+  return sentences
+
+
+def main(_):
+  if FLAGS.sentences_file:
+    sentences = read_sentences(FLAGS.sentences_file)
+  else:
+    data = synthetic.make_synthetic_data(FLAGS.seed, num_train=1, num_valid=1,
+                                         num_test=FLAGS.num_test)
+    vocabulary = synthetic.vocabulary()
+    sentences = [vocabulary.decode(row) for row in data.splits["test"]["tokens"]]
+  try:
+    signatures = export.load_signatures(FLAGS.model)
+  except (FileNotFoundError, ValueError) as error:
+    raise app.UsageError(str(error)) from None
+  try:
+    report = evaluate_sentences(signatures, sentences, FLAGS.batch_size, FLAGS.svi_steps,
+                                FLAGS.num_samples, seed=FLAGS.seed)
+  except tf.errors.InvalidArgumentError as error:
+    sys.exit(f"error: the model rejected the data: {export.error_message(error)}")
+  saved_model = tf.saved_model.contains_saved_model(export.latest_version(FLAGS.model))
+  default_dir = "." if saved_model else FLAGS.model
+  output = FLAGS.output or os.path.join(default_dir, "eval_metrics.json")
+  path = training.write_metrics(os.path.dirname(output) or ".", {
+      "model": FLAGS.model, "data": FLAGS.sentences_file or FLAGS.data, **report},
+      os.path.basename(output))
+  print(", ".join(f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}"
+                  for name, value in sorted(report.items())))
+  print(f"metrics written to {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,108 @@
+"""Sentences from a trained model: prior samples, reconstructions, interpolations.
+
+  python bin/generate.py --model=export/synthetic/learned-savae/1 --num=5
+  python bin/generate.py --model=runs/synthetic/learned-savae --reconstruct="w1 w2 w3 w4 w5"
+  python bin/generate.py --model=... --sentences_file=in.txt          # reconstruct each line
+  python bin/generate.py --model=... --interpolate="w1 w2 w3|w9 w8 w7" --interpolation_steps=5
+
+--model is a SavedModel directory, an export directory of versions (the newest is used) or a
+model directory. Reconstructions decode greedily from the refined posterior mean (K = --svi_steps)
+and print each input's `score` (nll_bound, refined_nll_bound, iw_nll, kl); interpolations decode along the line between two
+sentences' refined means; prior samples use --temperature (0 = greedy).
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from savae_tf import export
+from savae_tf import flags as savae_flags
+
+savae_flags.define_seed_flag()
+flags.DEFINE_string("model", None, "A SavedModel directory or a model directory.", required=True)
+flags.DEFINE_integer("num", 0, "Sentences to sample from the prior.", lower_bound=0)
+flags.DEFINE_multi_string("reconstruct", [], "A sentence to reconstruct (repeatable).")
+flags.DEFINE_string("sentences_file", None, "Reconstruct every line of this file.")
+flags.DEFINE_string("interpolate", None, "Two sentences separated by '|'.")
+flags.DEFINE_integer("interpolation_steps", 5, "Points on the line, ends included.",
+                     lower_bound=2)
+flags.DEFINE_integer("svi_steps", 20, "Refinement steps K before decoding.", lower_bound=0)
+flags.DEFINE_integer("score_samples", 500, "Importance samples for the inputs' iw_nll.",
+                     lower_bound=1)
+flags.DEFINE_integer("max_length", 30, "Tokens to generate at most.", lower_bound=1)
+flags.DEFINE_float("temperature", 1.0, "Sampling temperature for prior samples; 0 is greedy.",
+                   lower_bound=0.0)
+FLAGS = flags.FLAGS
+
+
+def refined_means(signatures, sentences):
+  batch = tf.constant(sentences)
+  encoded = signatures["encode"](sentences=batch)
+  return signatures["refine"](sentences=batch, mean=encoded["mean"], logvar=encoded["logvar"],
+                              steps=tf.constant(FLAGS.svi_steps))["mean"]
+
+
+def decode(strings):
+  return [s.decode("utf-8") for s in strings.numpy()]
+
+
+def main(_):
+  to_reconstruct = list(FLAGS.reconstruct)
+  if FLAGS.sentences_file:
+    if not os.path.isfile(FLAGS.sentences_file):
+      raise app.UsageError(f"--sentences_file {FLAGS.sentences_file!r} does not exist.")
+    with open(FLAGS.sentences_file, encoding="utf-8") as f:
+      to_reconstruct += [line.strip() for line in f if line.strip()]
+  pair = None
+  if FLAGS.interpolate is not None:
+    pair = [part.strip() for part in FLAGS.interpolate.split("|")]
+    if len(pair) != 2 or not all(pair):
+      raise app.UsageError("--interpolate needs two non-empty sentences separated by '|'.")
+  if not (FLAGS.num or to_reconstruct or pair):
+    raise app.UsageError("Nothing to do: give --num, --reconstruct, --sentences_file or "
+                         "--interpolate.")
+  try:
+    signatures = export.load_signatures(FLAGS.model)
+  except (FileNotFoundError, ValueError) as error:
+    raise app.UsageError(str(error)) from None
+  length = tf.constant(FLAGS.max_length)
+  try:
+    if FLAGS.num:
+      out = signatures["sample"](num=tf.constant(FLAGS.num), max_length=length,
+                                 temperature=tf.constant(FLAGS.temperature),
+                                 seed=tf.constant(FLAGS.seed))
+      print(f"== {FLAGS.num} samples from the prior")
+      for sentence in decode(out["sentences"]):
+        print(sentence)
+    if to_reconstruct:
+      batch, steps = tf.constant(to_reconstruct), tf.constant(FLAGS.svi_steps)
+      out = signatures["reconstruct"](sentences=batch, steps=steps, max_length=length)
+      scores = signatures["score"](sentences=batch, steps=steps,
+                                   num_samples=tf.constant(FLAGS.score_samples))
+      print(f"== reconstructions (K = {FLAGS.svi_steps}, greedy), with each input's score")
+      for i, (source, sentence) in enumerate(zip(to_reconstruct, decode(out["sentences"]))):
+        print(f"{source}\n  -> {sentence}\n  nll_bound {scores['nll_bound'][i]:.2f}, "
+              f"refined_nll_bound {scores['refined_nll_bound'][i]:.2f}, iw_nll "
+              f"{scores['iw_nll'][i]:.2f} ({FLAGS.score_samples} samples), kl "
+              f"{scores['kl'][i]:.2f}")
+    if pair:
+      ends = refined_means(signatures, pair).numpy()
+      weights = np.linspace(0.0, 1.0, FLAGS.interpolation_steps)[:, None]
+      z = tf.constant((1 - weights) * ends[0] + weights * ends[1], tf.float32)
+      out = signatures["generate"](z=z, max_length=length, temperature=tf.constant(0.0),
+                                   seed=tf.constant(FLAGS.seed))
+      print(f"== interpolation (greedy): {pair[0]}  ->  {pair[1]}")
+      for weight, sentence in zip(weights[:, 0], decode(out["sentences"])):
+        print(f"{weight:.2f}  {sentence}")
+  except tf.errors.InvalidArgumentError as error:
+    sys.exit(f"error: the model rejected the input: {export.error_message(error)}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,52 @@
+"""Tests for savae_tf.decoding: drawing sentences from a decoder."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from savae_tf import decoding
+from savae_tf.networks.text import LSTMDecoder
+
+VOCAB, BOS, EOS, PAD = 9, 2, 3, 0
+
+
+def decoder():
+  keras.utils.set_random_seed(0)
+  return LSTMDecoder(VOCAB, 5, 7, 2, init_scale=1.0)
+
+
+def test_greedy_decoding_takes_the_argmax_given_the_tokens_so_far():
+  dec, z = decoder(), tf.constant([[0.3, -1.0], [1.5, 0.2], [0.0, 0.0]])
+  out = decoding.decode(dec, z, BOS, 6, 0.0, tf.constant([0, 0]))
+  for row in range(3):
+    prefix = [BOS]
+    for t in range(int(out.lengths[row])):
+      logits = dec(tf.constant([prefix + [PAD]]), z[row:row + 1])[0, -1]
+      assert out.tokens[row, t] == int(tf.argmax(logits))
+      prefix.append(int(out.tokens[row, t]))
+    assert prefix[-1] == EOS or len(prefix) == 7
+
+
+def test_tokens_after_the_end_token_are_padding_and_lengths_count_it():
+  dec = decoder()
+  z = tf.constant(np.random.default_rng(1).normal(size=(200, 2)), tf.float32)
+  out = decoding.decode(dec, z, BOS, 10, 1.0, tf.constant([4, 2]), eos_id=EOS, pad_id=PAD)
+  tokens, lengths = out.tokens.numpy(), out.lengths.numpy()
+  ended = 0
+  for row, length in zip(tokens, lengths):
+    assert EOS not in row[:length - 1] and (row[length:] == PAD).all()
+    ended += row[length - 1] == EOS
+  assert 0 < ended < len(tokens)  # some rows ended early, some ran to max_length
+
+
+def test_sampling_follows_the_softmax_and_replays_with_the_seed():
+  dec = decoder()
+  z = tf.zeros([4000, 2])
+  out = decoding.decode(dec, z, BOS, 1, 1.0, tf.constant([7, 7]))
+  again = decoding.decode(dec, z, BOS, 1, 1.0, tf.constant([7, 7]))
+  np.testing.assert_array_equal(out.tokens, again.tokens)
+  probs = tf.nn.softmax(dec(tf.constant([[BOS, PAD]]), z[:1])[0, 0]).numpy()
+  freq = np.bincount(out.tokens[:, 0].numpy(), minlength=VOCAB) / 4000
+  np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(probs.max() / 4000))
+  cold = decoding.decode(dec, z, BOS, 1, 0.05, tf.constant([7, 7]))
+  assert (cold.tokens[:, 0].numpy() == probs.argmax()).mean() > 0.99

@@ -1,0 +1,291 @@
+"""Tests for savae_tf.export: the SavedModel contract of export/README.md."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from savae_tf import export
+from savae_tf.data import synthetic
+from savae_tf.data.text import Vocabulary
+from savae_tf.model import SemiAmortizedVAE, SVIConfig
+from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
+
+SENTENCES = ["the cat sat on the mat", "a dog ran", "the mat"]
+CORPUS = SENTENCES + ["the dog sat", "a cat ran on the mat"]
+SIGNATURES = {"serving_default", "score", "encode", "refine", "generate", "sample", "reconstruct"}
+
+
+def text_model(mode="savae"):
+  keras.utils.set_random_seed(1)
+  vocabulary = Vocabulary.build(CORPUS)
+  latent = 0 if mode == "autoreg" else 3
+  model = SemiAmortizedVAE(LSTMDecoder(len(vocabulary), 6, 8, latent),
+                           LSTMEncoder(len(vocabulary), 6, 8, 3), mode=mode, latent_dim=3,
+                           svi_config=SVIConfig(steps=3))
+  return model, vocabulary
+
+
+@pytest.fixture(scope="module")
+def text_export(tmp_path_factory):
+  model, vocabulary = text_model()
+  path = export.export(model, vocabulary, str(tmp_path_factory.mktemp("export")))
+  return model, vocabulary, path
+
+
+@pytest.fixture(scope="module")
+def trained_oracle_export(tmp_path_factory):
+  """An SA-VAE whose encoder was trained for a few batches against the (fixed) oracle."""
+  keras.utils.set_random_seed(2)
+  data = synthetic.make_synthetic_data(seed=7, num_train=256, num_valid=1, num_test=64)
+  model = SemiAmortizedVAE(data.oracle, LSTMEncoder(1001, 16, 16, 2), mode="savae",
+                           latent_dim=2, svi_config=SVIConfig(steps=5))
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  model.fit(synthetic.as_dataset(data.splits["train"], 32, shuffle_seed=0), epochs=2, verbose=0)
+  vocabulary = synthetic.vocabulary()
+  path = export.export(model, vocabulary, str(tmp_path_factory.mktemp("oracle")))
+  sentences = [vocabulary.decode(row) for row in data.splits["test"]["tokens"]]
+  return model, vocabulary, path, sentences
+
+
+# Every signature on fixed inputs. Kept as source so the fresh process runs exactly this code
+# without importing anything of ours: the SavedModel must stand alone.
+CALL_ALL = """
+import tensorflow as tf
+
+SENTENCES = %r
+
+
+def call_all(functions):
+  # `functions`: name -> a callable taking keyword tensors.
+  s = tf.constant(SENTENCES)
+  encoded = functions["encode"](sentences=s)
+  return {
+      "encode": encoded,
+      "refine": functions["refine"](sentences=s, mean=encoded["mean"],
+                                    logvar=encoded["logvar"], steps=tf.constant(3)),
+      "score": functions["score"](sentences=s, steps=tf.constant(4),
+                                  num_samples=tf.constant(7)),
+      "generate": functions["generate"](z=tf.constant([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]]),
+                                        max_length=tf.constant(6),
+                                        temperature=tf.constant(1.0), seed=tf.constant(5)),
+      "sample": functions["sample"](num=tf.constant(4), max_length=tf.constant(5),
+                                    temperature=tf.constant(0.7), seed=tf.constant(9)),
+      "reconstruct": functions["reconstruct"](sentences=s, steps=tf.constant(2),
+                                              max_length=tf.constant(8)),
+  }
+""" % (SENTENCES,)
+exec(CALL_ALL)
+
+FRESH_PROCESS = CALL_ALL + """
+import sys
+import numpy as np
+loaded = tf.saved_model.load(sys.argv[1])
+outputs = call_all(loaded.signatures)
+np.savez(sys.argv[2], **{f"{name}/{key}": value.numpy() for name, result in outputs.items()
+                         for key, value in result.items()})
+"""
+
+
+def test_reloaded_in_a_fresh_process_matches_the_in_memory_model(text_export, tmp_path):
+  model, vocabulary, path = text_export
+  out = tmp_path / "outputs.npz"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, path, str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  module = export.TextModelExport(model, vocabulary)
+  in_memory = call_all({name: getattr(module, name) for name in SIGNATURES - {"serving_default"}})
+  reloaded = np.load(out, allow_pickle=True)  # string outputs are object arrays
+  assert {key.split("/")[0] for key in reloaded.files} == set(in_memory)
+  for name, result in in_memory.items():
+    for key, value in result.items():
+      got = reloaded[f"{name}/{key}"]
+      if value.dtype == tf.string:
+        assert got.tolist() == value.numpy().tolist(), (name, key)
+      else:
+        np.testing.assert_allclose(got, value.numpy(), rtol=1e-5, atol=1e-5, err_msg=name + key)
+
+
+def test_saved_model_cli_shows_every_signature_with_its_dtypes(text_export):
+  _, _, path = text_export
+  cli = pathlib.Path(sys.executable).parent / "saved_model_cli"
+  result = subprocess.run([str(cli), "show", "--dir", path, "--all"], capture_output=True,
+                          text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  blocks = {}
+  for block in result.stdout.split("signature_def['")[1:]:
+    blocks[block.split("'")[0]] = block
+  assert SIGNATURES <= set(blocks)
+  expected = {
+      "score": {"nll_bound": "DT_FLOAT", "refined_nll_bound": "DT_FLOAT", "kl": "DT_FLOAT",
+                "iw_nll": "DT_FLOAT", "num_tokens": "DT_INT32"},
+      "encode": {"mean": "DT_FLOAT", "logvar": "DT_FLOAT"},
+      "refine": {"mean": "DT_FLOAT", "logvar": "DT_FLOAT"},
+      "generate": {"sentences": "DT_STRING", "tokens": "DT_INT32"},
+      "sample": {"z": "DT_FLOAT", "sentences": "DT_STRING"},
+      "reconstruct": {"sentences": "DT_STRING"},
+  }
+  inputs = {
+      "score": {"sentences": "DT_STRING", "steps": "DT_INT32", "num_samples": "DT_INT32"},
+      "encode": {"sentences": "DT_STRING"},
+      "refine": {"sentences": "DT_STRING", "mean": "DT_FLOAT", "logvar": "DT_FLOAT",
+                 "steps": "DT_INT32"},
+      "generate": {"z": "DT_FLOAT", "max_length": "DT_INT32", "temperature": "DT_FLOAT",
+                   "seed": "DT_INT32"},
+      "sample": {"num": "DT_INT32", "max_length": "DT_INT32", "temperature": "DT_FLOAT",
+                 "seed": "DT_INT32"},
+      "reconstruct": {"sentences": "DT_STRING", "steps": "DT_INT32", "max_length": "DT_INT32"},
+  }
+  for name in expected:
+    taken, returned = blocks[name].split("following input(s):")[1].split("following output(s):")
+    for kind, text, specs in (("inputs", taken, inputs), ("outputs", returned, expected)):
+      listed = set(re.findall(kind + r"\['(\w+)'\]", text))
+      assert listed == set(specs[name]), (name, kind, listed)
+      for key, dtype in specs[name].items():
+        assert f"{kind}['{key}'] tensor_info:\n        dtype: {dtype}" in text, (name, key)
+  assert "outputs['iw_nll']" in blocks["serving_default"]
+
+
+def test_a_session_based_loader_runs_it_as_tf_serving_would(text_export):
+  _, _, path = text_export
+  cli = pathlib.Path(sys.executable).parent / "saved_model_cli"
+  result = subprocess.run(
+      [str(cli), "run", "--dir", path, "--tag_set", "serve", "--signature_def", "score",
+       "--input_exprs", f"sentences={SENTENCES!r};steps=3;num_samples=4"],
+      capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = result.stdout.split("Result for output key num_tokens:")[1].split("Result")[0]
+  assert printed.split() == ["[7", "4", "3]"]
+
+
+def test_versions_are_integer_directories_never_overwritten(tmp_path):
+  model, vocabulary = text_model()
+  first = export.export(model, vocabulary, str(tmp_path))
+  second = export.export(model, vocabulary, str(tmp_path))
+  assert [os.path.basename(first), os.path.basename(second)] == ["1", "2"]
+  with pytest.raises(FileExistsError):
+    export.export(model, vocabulary, str(tmp_path), version=1)
+
+
+def test_refinement_tightens_the_bound_of_a_trained_model(trained_oracle_export):
+  _, _, path, sentences = trained_oracle_export
+  score = tf.saved_model.load(path).signatures["score"]
+  out = score(sentences=tf.constant(sentences), steps=tf.constant(20),
+              num_samples=tf.constant(200))
+  amortized, refined, iw = (out[k].numpy() for k in ("nll_bound", "refined_nll_bound", "iw_nll"))
+  assert refined.mean() < amortized.mean()
+  # iw_nll <= refined bound up to Monte Carlo error of the single-sample bound.
+  stderr = refined.std() / np.sqrt(len(refined))
+  assert iw.mean() <= refined.mean() + 3 * stderr
+  assert (out["num_tokens"].numpy() == 5).all()
+
+
+def test_steps_zero_leaves_the_posterior_where_the_encoder_put_it(text_export):
+  _, _, path = text_export
+  loaded = tf.saved_model.load(path).signatures
+  s = tf.constant(SENTENCES)
+  encoded = loaded["encode"](sentences=s)
+  refined = loaded["refine"](sentences=s, mean=encoded["mean"], logvar=encoded["logvar"],
+                             steps=tf.constant(0))
+  np.testing.assert_array_equal(refined["mean"], encoded["mean"])
+  np.testing.assert_array_equal(refined["logvar"], encoded["logvar"])
+  score = loaded["score"](sentences=s, steps=tf.constant(0), num_samples=tf.constant(1))
+  kl = -0.5 * np.sum(1 + encoded["logvar"] - encoded["mean"]**2 - np.exp(encoded["logvar"]), -1)
+  np.testing.assert_allclose(score["kl"], kl, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_words_are_unk_and_long_sentences_are_scored_whole(text_export):
+  _, vocabulary, path = text_export
+  score = tf.saved_model.load(path).signatures["score"]
+  args = dict(steps=tf.constant(2), num_samples=tf.constant(3))
+  unknown = score(sentences=tf.constant(["the zebra sat"]), **args)
+  unk = score(sentences=tf.constant(["the <unk> sat"]), **args)
+  np.testing.assert_allclose(unknown["refined_nll_bound"], unk["refined_nll_bound"])
+  long = score(sentences=tf.constant([" ".join(["the cat sat on the mat"] * 20)]), **args)
+  assert long["num_tokens"].numpy()[0] == 121  # 120 words and </s>
+  assert np.isfinite(long["iw_nll"].numpy()).all()
+
+
+@pytest.mark.parametrize("batch", [1, 1000])
+def test_a_batch_of_one_and_of_a_thousand(text_export, batch):
+  _, _, path = text_export
+  loaded = tf.saved_model.load(path).signatures
+  sentences = tf.constant([SENTENCES[i % 3] for i in range(batch)])
+  out = loaded["score"](sentences=sentences, steps=tf.constant(2), num_samples=tf.constant(2))
+  assert out["iw_nll"].shape == (batch,) and np.isfinite(out["iw_nll"].numpy()).all()
+  assert out["num_tokens"].numpy()[0] == 7
+  rec = loaded["reconstruct"](sentences=sentences, steps=tf.constant(1), max_length=tf.constant(4))
+  assert rec["sentences"].shape == (batch,)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda f: f["score"](sentences=tf.constant(["the cat", ""]), steps=tf.constant(1),
+                          num_samples=tf.constant(1)), "empty sentence"),
+    (lambda f: f["score"](sentences=tf.constant(["the cat", "   "]), steps=tf.constant(1),
+                          num_samples=tf.constant(1)), "empty sentence"),
+    (lambda f: f["score"](sentences=tf.constant(["the cat"]), steps=tf.constant(-1),
+                          num_samples=tf.constant(1)), "steps must be >= 0"),
+    (lambda f: f["score"](sentences=tf.constant(["the cat"]), steps=tf.constant(1),
+                          num_samples=tf.constant(0)), "num_samples must be >= 1"),
+    (lambda f: f["reconstruct"](sentences=tf.constant(["the cat"]), steps=tf.constant(-3),
+                                max_length=tf.constant(3)), "steps must be >= 0"),
+    (lambda f: f["generate"](z=tf.zeros([1, 3]), max_length=tf.constant(-1),
+                             temperature=tf.constant(1.0), seed=tf.constant(0)),
+     "max_length must be >= 0"),
+    (lambda f: f["sample"](num=tf.constant(2), max_length=tf.constant(3),
+                           temperature=tf.constant(-1.0), seed=tf.constant(0)),
+     "temperature must be >= 0"),
+    (lambda f: f["sample"](num=tf.constant(-1), max_length=tf.constant(3),
+                           temperature=tf.constant(1.0), seed=tf.constant(0)),
+     "num must be >= 0"),
+])
+def test_bad_input_is_an_error_that_names_the_problem(text_export, call, message):
+  _, _, path = text_export
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    call(tf.saved_model.load(path).signatures)
+
+
+def test_a_vocabulary_without_unk_rejects_unknown_words(trained_oracle_export):
+  _, _, path, sentences = trained_oracle_export
+  score = tf.saved_model.load(path).signatures["score"]
+  with pytest.raises(tf.errors.InvalidArgumentError, match="not in the vocabulary"):
+    score(sentences=tf.constant([sentences[0], "w1 hello"]), steps=tf.constant(1),
+          num_samples=tf.constant(1))
+
+
+def test_generation_stops_at_the_end_token_and_greedy_is_deterministic(text_export):
+  _, vocabulary, path = text_export
+  generate = tf.saved_model.load(path).signatures["generate"]
+  z = tf.constant(np.random.default_rng(0).normal(size=(64, 3)), tf.float32)
+  out = generate(z=z, max_length=tf.constant(12), temperature=tf.constant(1.0),
+                 seed=tf.constant(3))
+  for tokens, sentence in zip(out["tokens"].numpy(), out["sentences"].numpy()):
+    words = [vocabulary.words[t] for t in tokens]
+    if "</s>" in words:
+      end = words.index("</s>")
+      assert all(w == "<pad>" for w in words[end + 1:])
+      words = words[:end]
+    assert sentence.decode() == " ".join(words)
+  greedy = [generate(z=z, max_length=tf.constant(12), temperature=tf.constant(0.0),
+                     seed=tf.constant(seed))["tokens"].numpy() for seed in (1, 2)]
+  np.testing.assert_array_equal(greedy[0], greedy[1])
+
+
+def test_the_language_model_exports_with_an_empty_latent(tmp_path):
+  model, vocabulary = text_model("autoreg")
+  loaded = tf.saved_model.load(export.export(model, vocabulary, str(tmp_path))).signatures
+  out = loaded["score"](sentences=tf.constant(SENTENCES), steps=tf.constant(5),
+                        num_samples=tf.constant(3))
+  np.testing.assert_allclose(out["iw_nll"], out["nll_bound"])
+  np.testing.assert_allclose(out["refined_nll_bound"], out["nll_bound"])
+  sample = loaded["sample"](num=tf.constant(3), max_length=tf.constant(4),
+                            temperature=tf.constant(1.0), seed=tf.constant(0))
+  assert sample["z"].shape == (3, 0) and sample["sentences"].shape == (3,)

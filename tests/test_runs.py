@@ -1,0 +1,53 @@
+"""Tests for savae_tf.runs: a saved model directory loads back to the same model."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from savae_tf import runs
+from savae_tf.data import synthetic
+from savae_tf.data.text import Vocabulary
+from savae_tf.model import SemiAmortizedVAE, SVIConfig
+from savae_tf.networks.synthetic import SyntheticGenerator
+from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
+
+
+def scores(model, tokens, lengths):
+  return model.score({"tokens": tokens, "lengths": lengths}, 3, 5)
+
+
+@pytest.mark.parametrize("kind", ["text", "synthetic"])
+def test_a_saved_model_loads_back_with_the_same_outputs(kind, tmp_path):
+  if kind == "text":
+    vocabulary = Vocabulary.build(["a b c d e f"])
+    decoder, latent = LSTMDecoder(len(vocabulary), 4, 5, 2, dropout=0.3), 2
+  else:
+    vocabulary = synthetic.vocabulary(20)
+    decoder, latent = SyntheticGenerator(20, 4, 5, 6, latent_dim=2), 2
+  model = SemiAmortizedVAE(decoder, LSTMEncoder(len(vocabulary), 4, 5, latent), mode="savae",
+                           latent_dim=latent, svi_config=SVIConfig(steps=4, lr=0.5,
+                                                                   gradient="unrolled"))
+  runs.save_model(model, vocabulary, str(tmp_path))
+  loaded, loaded_vocabulary = runs.load_model(str(tmp_path))
+  assert loaded_vocabulary == vocabulary
+  assert loaded.get_config() == model.get_config()
+  tokens = tf.constant([[2, 4, 5, 3, 0], [2, 6, 7, 8, 3]]) % len(vocabulary)
+  lengths = tf.constant([4, 5])
+  for key, value in scores(model, tokens, lengths).items():
+    np.testing.assert_allclose(scores(loaded, tokens, lengths)[key], value, rtol=1e-6, err_msg=key)
+
+
+def test_missing_or_mismatched_files_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    runs.load_model(str(tmp_path / "nowhere"))
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    runs.load_model(str(tmp_path))
+  vocabulary = Vocabulary.build(["a b c"])
+  model = SemiAmortizedVAE(LSTMDecoder(len(vocabulary), 4, 5, 2), LSTMEncoder(len(vocabulary), 4, 5, 2),
+                           mode="vae", latent_dim=2)
+  runs.save_model(model, vocabulary, str(tmp_path))
+  Vocabulary.build(["a b c d"]).save(str(tmp_path / runs.VOCAB))
+  with pytest.raises(ValueError, match="vocab.json has 8 words but the model was built for 7"):
+    runs.load_model(str(tmp_path))
