@@ -75,6 +75,9 @@ flags.register_validator("model_dir", training.validate_model_dir,
                          message="--model_dir names an existing file; give a directory.")
 flags.DEFINE_string("export_dir", None, "If set, the best model is exported there as a "
                     "SavedModel (<export_dir>/<version>).")
+flags.DEFINE_enum("strategy", "default", training.STRATEGIES,
+                  "tf.distribute strategy: one device, all local devices (mirrored), or the "
+                  "cluster in TF_CONFIG (multi_worker).")
 flags.DEFINE_enum("preset", None, ["yahoo"], "The paper's recipe in one word; flags given "
                   "explicitly still win.")
 flags.register_multi_flags_validator(
@@ -150,14 +153,20 @@ def main(_):
                  for s in ("valid", "test"))
   print(f"data: {train.num_sentences} / {len(splits['valid'])} / {len(splits['test'])} "
         f"sentences, vocabulary {len(vocabulary)}, {len(train)} batches per epoch", flush=True)
-  model = build_model(vocabulary, len(train))
+  try:
+    strategy = training.make_strategy(FLAGS.strategy)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  with strategy.scope():
+    model = build_model(vocabulary, len(train))
   if not os.path.isfile(os.path.join(FLAGS.model_dir, runs.CONFIG)):
     runs.save_model(model, vocabulary, FLAGS.model_dir)  # the untrained model, until the best
   decay = training.LearningRateDecay(FLAGS.decay_from_epoch or None)
   try:
-    history = training.train(model, train, FLAGS.epochs, FLAGS.model_dir, valid,
-                             FLAGS.checkpoint_every, decay,
-                             on_best=lambda m: runs.save_model(m, vocabulary, FLAGS.model_dir))
+    with strategy.scope():
+      history = training.train(model, train, FLAGS.epochs, FLAGS.model_dir, valid,
+                               FLAGS.checkpoint_every, decay,
+                               on_best=lambda m: runs.save_model(m, vocabulary, FLAGS.model_dir))
   except training.NonFiniteLossError as error:
     sys.exit(f"error: {error}")
   best, _ = runs.load_model(FLAGS.model_dir)

@@ -55,6 +55,20 @@ class SVIConfig:
                       gradient=gradient or self.gradient, inputs=inputs)
 
 
+def global_batch_size(local_batch):
+  """Examples in the step's whole batch: the local batch summed over tf.distribute replicas.
+
+  Losses are sums over the local examples divided by this, so that the replicas' gradients,
+  which the optimizer sums, add up to the gradient of the whole batch's mean, and the refiner
+  moves each example by lr / (whole batch), exactly as on one device.
+  """
+  local_batch = tf.cast(local_batch, tf.float32)
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return local_batch
+  return context.all_reduce(tf.distribute.ReduceOp.SUM, local_batch)
+
+
 class _VarianceOfMeans(keras.metrics.Metric):
   """Per-dimension variance, over the data, of the posterior means (for active units)."""
 
@@ -181,10 +195,12 @@ class SemiAmortizedVAE(keras.Model):
   def refine_posterior(self, context, targets, mask, mean0, logvar0, steps, gradient, seed,
                        training, kl_weight):
     """lambda_K: `steps` SVI steps on f from lambda_0; step k's z and dropout from seed and k."""
+    batch = global_batch_size(tf.shape(targets)[0])
+
     def loss_fn(mean, logvar, step, inputs):
       nll, kl = self.negative_elbo_terms(inputs[0], targets, mask, mean, logvar,
                                          distributions.step_seed(seed, step), training)
-      return tf.reduce_mean(nll + kl_weight * kl)
+      return tf.reduce_sum(nll + kl_weight * kl) / batch
 
     # The decoder's z-independent work (`context`) is computed once and handed to the refiner
     # as an input, so the reverse sweep returns its gradient too.
@@ -202,12 +218,17 @@ class SemiAmortizedVAE(keras.Model):
     context = self.decoder.prepare(tokens, training=training)
     out = {"tokens": tf.reduce_sum(tf.cast(mask, tf.int32), -1)}
     seed_0, seed_k, seed_refine = self.split_seed(seed)
+    batch = global_batch_size(tf.shape(tokens)[0])
+
+    def batch_mean(values):  # over the whole batch, across replicas
+      return tf.reduce_sum(values) / batch
+
     if self.mode == "autoreg":
       logits = self.decoder.logits(context, None, training=training, seed=seed_0)
       out["nll"] = objectives.token_nll(logits, targets, mask)
       out["nll_bound"] = out["nll"]
       out["kl"] = tf.zeros_like(out["nll"])
-      out["loss"] = tf.reduce_mean(out["nll"])
+      out["loss"] = batch_mean(out["nll"])
       return out
 
     mean0, logvar0 = self.initial_params(tokens, lengths)
@@ -217,7 +238,7 @@ class SemiAmortizedVAE(keras.Model):
         lambda_tape.watch([mean0, logvar0])
         nll0, kl0 = self.negative_elbo_terms(context, targets, mask, mean0, logvar0, seed_0,
                                              training)
-        out["amortized_loss"] = tf.reduce_mean(nll0 + kl_weight * kl0)
+        out["amortized_loss"] = batch_mean(nll0 + kl_weight * kl0)
       out["nll_bound"], out["kl"] = nll0 + kl0, kl0
       out["loss"] = out["amortized_loss"]
     if not refine:
@@ -234,13 +255,13 @@ class SemiAmortizedVAE(keras.Model):
                                            training)
     out["refined_nll_bound"], out["kl"] = nll_k + kl_k, kl_k
     out["mean"], out["logvar"] = mean_k, logvar_k
-    out["decoder_loss"] = tf.reduce_mean(nll_k + kl_weight * kl_k)
+    out["decoder_loss"] = batch_mean(nll_k + kl_weight * kl_k)
     if self.mode == "svi":
       out["nll_bound"] = out["refined_nll_bound"]
     if self.mode == "vae_svi_kl":
       q0 = distributions.posterior(mean0, logvar0)
       q_k = distributions.posterior(tf.stop_gradient(mean_k), tf.stop_gradient(logvar_k))
-      out["encoder_loss"] = tf.reduce_mean(distributions.tfd.kl_divergence(q0, q_k))
+      out["encoder_loss"] = batch_mean(distributions.tfd.kl_divergence(q0, q_k))
     elif self.mode == "vae_svi":
       # d f(lambda_0) / d lambda_0 pushed into the encoder alone: a surrogate whose gradient with
       # respect to the encoder is exactly that, and which the decoder does not appear in.
@@ -255,6 +276,9 @@ class SemiAmortizedVAE(keras.Model):
   def train_step(self, data):
     step = self.optimizer.iterations
     seed = tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 0]), step)
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1:  # independent noise per replica
+      seed = tf.random.experimental.stateless_fold_in(seed, replica.replica_id_in_sync_group)
     with tf.GradientTape() as tape:
       out = self.forward(data, seed, True, self.kl_weight(step), self.svi_config.steps, None)
       # VAE+SVI(+KL): encoder_loss does not depend on the decoder and decoder_loss not on the
@@ -268,8 +292,10 @@ class SemiAmortizedVAE(keras.Model):
     variables = self.trainable_variables
     grads = tape.gradient(objective, variables)
     self.optimizer.apply(grads, variables)
+    # `loss` is this replica's share of the whole batch's mean; the metric averages replicas.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
     for name, tracker in self.trackers.items():
-      tracker.update_state(out[name] if name == "loss" else tf.reduce_mean(out[name]))
+      tracker.update_state(out[name] * replicas if name == "loss" else tf.reduce_mean(out[name]))
     return {name: tracker.result() for name, tracker in self.trackers.items()}
 
   def test_step(self, data):

@@ -181,3 +181,21 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
             f"{decay.stop_below}: stopping after epoch {epoch + 1}.", flush=True)
       break
   return history
+
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  """TensorFlow's own distribution: `default` (one device), `mirrored` (every local GPU, or the
+  local logical devices), `multi_worker` (the cluster in TF_CONFIG). Build and compile the model
+  inside `strategy.scope()`; Keras' fit then splits each batch across the replicas."""
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  if name == "multi_worker":
+    if "TF_CONFIG" not in os.environ:
+      raise ValueError("--strategy=multi_worker needs the cluster in the TF_CONFIG variable.")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  raise ValueError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")
