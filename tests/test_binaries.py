@@ -153,7 +153,7 @@ def test_bad_input_to_the_model_binaries_is_named_without_a_traceback(tmp_path):
       ("generate.py", [f"--model={model_dir}", "--reconstruct=w1 hello"], "not in the vocabulary"),
       ("generate.py", [f"--model={saved_model}"], "Nothing to do"),
       ("evaluate.py", [f"--model={saved_model}", "--sentences_file=missing.txt"], "does not exist"),
-      ("evaluate.py", [f"--model={saved_model}", "--sentences_file=empty.txt"], "no sentences"),
+      ("evaluate.py", [f"--model={saved_model}", "--sentences_file=empty.txt"], "is empty"),
       ("evaluate.py", [f"--model={saved_model}", "--data=synthetic", "--sentences_file=empty.txt"],
        "exactly one of --data and --sentences_file"),
       ("export_savedmodel.py", ["--model_dir=nowhere", "--export_dir=e"], "does not exist"),
