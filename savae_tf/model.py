@@ -291,6 +291,16 @@ class SemiAmortizedVAE(keras.Model):
                         ["Training loss is not finite (NaN or Inf) at step", step, ":", loss])
     variables = self.trainable_variables
     grads = tape.gradient(objective, variables)
+    replica = tf.distribute.get_replica_context()
+    clip = self.optimizer.global_clipnorm
+    if clip and replica is not None and replica.num_replicas_in_sync > 1:
+      # Keras clips each replica's share before summing them; the paper clips the whole batch's
+      # gradient. Clip the sum here; each share is then at most clip / replicas, so the
+      # optimizer's own clip never binds.
+      replicas = replica.num_replicas_in_sync
+      grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+      grads = [tf.math.scalar_mul(1.0 / replicas, g)
+               for g in tf.clip_by_global_norm(grads, clip)[0]]
     self.optimizer.apply(grads, variables)
     # `loss` is this replica's share of the whole batch's mean; the metric averages replicas.
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
