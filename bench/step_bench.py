@@ -11,6 +11,8 @@ multiple of a VAE step's (see `exact_savae_floor`): the ratio no implementation 
 
   python bench/step_bench.py                                   # the table in BENCHMARKS.md
   python bench/step_bench.py --word_dim=512 --hidden_dim=1024  # the paper's Yahoo sizes
+  python bench/step_bench.py --word_dim=128 --hidden_dim=128 --vocab=10002 --steps=10 \
+      --gradients=reverse                                      # the PTB runs of RESULTS.md
 """
 
 import os
@@ -94,8 +96,8 @@ def main(_):
   for k in [int(k) for k in FLAGS.steps]:
     print(f"K = {k}: an exact SA-VAE step needs at least {exact_savae_floor(k):.1f}x a VAE "
           "step's matmul FLOPs")
-  print("| variant | K | gradient | s per step | x VAE | peak MiB |")
-  print("|---|---|---|---|---|---|")
+  print("| variant | K | gradient | s per step | x VAE | tokens/s | peak MiB |")
+  print("|---|---|---|---|---|---|---|")
   vae_time = None
   for mode, k, gradient in configs:
     step = make_step(mode, k, gradient)
@@ -103,7 +105,9 @@ def main(_):
     if mode == "vae":
       vae_time = seconds
     ratio = f"{seconds / vae_time:.1f}" if vae_time else "-"
-    print(f"| {mode} | {k} | {gradient} | {seconds:.3f} | {ratio} | {peak:.0f} |", flush=True)
+    tokens = FLAGS.batch * FLAGS.length / seconds  # predicted tokens trained on per second
+    print(f"| {mode} | {k} | {gradient} | {seconds:.3f} | {ratio} | {tokens:.0f} | {peak:.0f} |",
+          flush=True)
 
 
 if __name__ == "__main__":
