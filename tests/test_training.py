@@ -117,3 +117,15 @@ def test_multi_worker_without_a_cluster_is_a_clear_error(monkeypatch):
   monkeypatch.delenv("TF_CONFIG", raising=False)
   with pytest.raises(ValueError, match="TF_CONFIG"):
     training.make_strategy("multi_worker")
+
+
+def test_resumable_training_names_step_epoch_and_batch_of_a_nan(tmp_path):
+  from savae_tf.data import text
+  keras.utils.set_random_seed(0)
+  model = SemiAmortizedVAE(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), mode="vae",
+                           latent_dim=2)
+  model.compile(optimizer=training.make_optimizer("sgd", 1.0, 5.0))
+  model.decoder.out.bias.assign(tf.fill([9], np.nan))
+  corpus = text.BatchedCorpus([[2, 4, 5, 3]] * 8, batch_size=4, pad_id=0, seed=1)
+  with pytest.raises(training.NonFiniteLossError, match=r"at step.*\(epoch 1, batch 1 of 2\)"):
+    training.train(model, corpus, epochs=1, model_dir=str(tmp_path), verbose=0)
