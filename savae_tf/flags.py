@@ -7,6 +7,7 @@ before `app.run`.
 from absl import flags
 
 from savae_tf import svi
+from savae_tf import training
 
 
 def define_svi_flags():
@@ -25,6 +26,24 @@ def define_svi_flags():
       "(approximate; first-order gradients only, so it runs on cuDNN LSTM kernels), 'none'. "
       "The exact modes need second-order gradients, which cuDNN LSTM kernels lack: on GPU they "
       "run the LSTMs with use_cudnn=False.")
+
+
+def define_training_flags(epochs: int, optimizer: str, learning_rate: float, warmup: int):
+  """The optimisation flags every training binary has, with that binary's defaults."""
+  flags.DEFINE_integer("epochs", epochs, "Training epochs (at most).", lower_bound=1)
+  flags.DEFINE_integer("batch_size", 32, "Sentences per batch.", lower_bound=1)
+  flags.DEFINE_enum("optimizer", optimizer, training.OPTIMIZERS, "Optimizer.")
+  flags.DEFINE_float("learning_rate", learning_rate, "The optimizer's learning rate.",
+                     lower_bound=0.0)
+  flags.DEFINE_float("max_grad_norm", 5.0,
+                     "The optimizer's global-norm clip over all parameters; <= 0 disables it.")
+  flags.DEFINE_integer("warmup", warmup,
+                       "KL warm-up in epochs (beta rises from 0.1 to 1); 0: beta = 1.",
+                       lower_bound=0)
+  flags.DEFINE_integer("test_svi_steps", None, "K at test time (default: --svi_steps).",
+                       lower_bound=0)
+  flags.DEFINE_integer("num_samples", 500, "Importance samples for the test iw_nll (0 skips it).",
+                       lower_bound=0)
 
 
 def define_seed_flag():
