@@ -7,11 +7,12 @@ embedding 256, LSTM 256, latent 32, batch 32, 21 predicted tokens, vocabulary 10
 minus what was allocated before.
 
 It also prints, for each K, the least matrix-multiply work any exact SA-VAE gradient needs, as a
-multiple of a VAE step's (see `exact_savae_floor`): the ratio no implementation can go below.
+multiple of a VAE step's (see `timing.exact_savae_floor`): the ratio no implementation can go
+below.
 
   python bench/step_bench.py                                   # the table in BENCHMARKS.md
   python bench/step_bench.py --word_dim=512 --hidden_dim=1024  # the paper's Yahoo sizes
-  python bench/step_bench.py --word_dim=128 --hidden_dim=128 --vocab=10002 --steps=10 \
+  python bench/step_bench.py --word_dim=128 --hidden_dim=128 --vocab=8715 --steps=10 \
       --gradients=reverse                                      # the PTB runs of RESULTS.md
 """
 
@@ -29,7 +30,7 @@ import tensorflow as tf
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
-from timing import measure  # bench/timing.py
+from timing import exact_savae_floor, measure  # bench/timing.py
 
 flags.DEFINE_integer("word_dim", 256, "Embedding size.")
 flags.DEFINE_integer("hidden_dim", 256, "LSTM size.")
@@ -56,20 +57,6 @@ def encoder_forward_flops():
       FLAGS.hidden_dim)
 
 
-def exact_savae_floor(steps):
-  """Least matmul FLOPs of an exact SA-VAE step over a VAE step's, counting only matmuls.
-
-  A gradient costs two matmuls (data and weight) per forward matmul, so a VAE step is
-  3 (D + E) for decoder and encoder forwards D and E. An SA-VAE step needs, per refinement step,
-  the lambda-gradient (forward + data gradient: 2 D) and in the reverse sweep the gradient with
-  respect to (lambda, theta) of g = <u, d f / d lambda>, which is at least twice g's own 2 D of
-  matmuls, 4 D even if g's forward work were free; then the final loss's gradient 3 D and the
-  encoder's 3 E. Total (6 K + 3) D + 3 E.
-  """
-  d, e = decoder_forward_flops(), encoder_forward_flops()
-  return ((6 * steps + 3) * d + 3 * e) / (3 * (d + e))
-
-
 def make_step(mode, steps=0, gradient="none"):
   keras.utils.set_random_seed(0)
   encoder = LSTMEncoder(FLAGS.vocab, FLAGS.word_dim, FLAGS.hidden_dim, FLAGS.latent_dim)
@@ -94,7 +81,8 @@ def main(_):
   print(f"text model: embedding {FLAGS.word_dim}, LSTM {FLAGS.hidden_dim}, latent "
         f"{FLAGS.latent_dim}, vocab {FLAGS.vocab}, batch {FLAGS.batch}, {FLAGS.length} tokens")
   for k in [int(k) for k in FLAGS.steps]:
-    print(f"K = {k}: an exact SA-VAE step needs at least {exact_savae_floor(k):.1f}x a VAE "
+    floor = exact_savae_floor(k, decoder_forward_flops(), encoder_forward_flops())
+    print(f"K = {k}: an exact SA-VAE step needs at least {floor:.1f}x a VAE "
           "step's matmul FLOPs")
   print("| variant | K | gradient | s per step | x VAE | tokens/s | peak MiB |")
   print("|---|---|---|---|---|---|---|")

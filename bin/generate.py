@@ -73,6 +73,10 @@ def main(_):
     signatures = export.load_signatures(FLAGS.model)
   except (FileNotFoundError, ValueError) as error:
     raise app.UsageError(str(error)) from None
+  if export.takes_images(signatures):
+    raise app.UsageError(f"{FLAGS.model} is an image model; this binary handles sentences. "
+                         "bin/train_images.py draws its pictures, and its SavedModel's signatures "
+                         "take images (export/README.md).")
   length = tf.constant(FLAGS.max_length)
   try:
     if FLAGS.num:

@@ -26,7 +26,7 @@ from savae_tf import runs
 from savae_tf import training
 from savae_tf.data import synthetic
 from savae_tf.evaluate import evaluate
-from savae_tf.model import MODES, SemiAmortizedVAE, SVIConfig
+from savae_tf.model import MODES
 from savae_tf.networks.synthetic import SyntheticGenerator
 from savae_tf.networks.text import LSTMEncoder
 
@@ -67,15 +67,8 @@ def build_model(mode, generator_kind, oracle, steps_per_epoch):
   else:
     decoder = SyntheticGenerator(vocab_size=oracle.vocab_size, latent_dim=oracle.latent_dim)
   encoder = LSTMEncoder(oracle.vocab_size + 1, 100, 100, oracle.latent_dim)
-  svi_config = SVIConfig(steps=FLAGS.svi_steps, lr=FLAGS.svi_lr, momentum=FLAGS.momentum,
-                         max_grad_norm=savae_flags.svi_max_grad_norm(FLAGS.svi_max_grad_norm),
-                         gradient=FLAGS.refine_gradient)
-  model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=oracle.latent_dim,
-                           svi_config=svi_config, test_svi_steps=FLAGS.test_svi_steps,
-                           kl_warmup_steps=FLAGS.warmup * steps_per_epoch, seed=FLAGS.seed)
-  model.compile(optimizer=training.make_optimizer(FLAGS.optimizer, FLAGS.learning_rate,
-                                                 FLAGS.max_grad_norm))
-  return model
+  return savae_flags.model_from_flags(decoder, encoder, mode, oracle.latent_dim,
+                                      steps_per_epoch)
 
 
 def reported_bound(mode, metrics):

@@ -24,8 +24,7 @@ from savae_tf import flags as savae_flags
 from savae_tf import runs
 from savae_tf import training
 from savae_tf.data import text
-from savae_tf.evaluate import evaluate
-from savae_tf.model import MODES, SemiAmortizedVAE, SVIConfig
+from savae_tf.model import MODES
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
 savae_flags.define_svi_flags()
@@ -92,12 +91,6 @@ PRESETS = {"yahoo": dict(optimizer="sgd", learning_rate=1.0, max_grad_norm=5.0, 
                          min_count=1)}
 
 
-def apply_preset():
-  for name, value in PRESETS.get(FLAGS.preset, {}).items():
-    if not FLAGS[name].present:
-      FLAGS[name].value = value
-
-
 def read_splits():
   if FLAGS.dataset == "ptb":
     return {split: text.ptb_sentences(split) for split in text.SPLITS}
@@ -113,19 +106,12 @@ def build_model(vocabulary, steps_per_epoch):
   latent = 0 if FLAGS.model == "autoreg" else FLAGS.latent_dim
   decoder = LSTMDecoder(len(vocabulary), FLAGS.dec_word_dim, FLAGS.dec_h_dim, latent,
                         dropout=FLAGS.dropout, init_scale=init)
-  svi_config = SVIConfig(steps=FLAGS.svi_steps, lr=FLAGS.svi_lr, momentum=FLAGS.momentum,
-                         max_grad_norm=savae_flags.svi_max_grad_norm(FLAGS.svi_max_grad_norm),
-                         gradient=FLAGS.refine_gradient)
-  model = SemiAmortizedVAE(decoder, encoder, mode=FLAGS.model, latent_dim=FLAGS.latent_dim,
-                           svi_config=svi_config, test_svi_steps=FLAGS.test_svi_steps,
-                           kl_warmup_steps=FLAGS.warmup * steps_per_epoch, seed=FLAGS.seed)
-  model.compile(optimizer=training.make_optimizer(FLAGS.optimizer, FLAGS.learning_rate,
-                                                 FLAGS.max_grad_norm))
-  return model
+  return savae_flags.model_from_flags(decoder, encoder, FLAGS.model, FLAGS.latent_dim,
+                                      steps_per_epoch)
 
 
 def main(_):
-  apply_preset()
+  savae_flags.apply_preset(PRESETS)
   keras.utils.set_random_seed(FLAGS.seed)
   try:
     sentences = read_splits()
@@ -154,24 +140,14 @@ def main(_):
     raise app.UsageError(str(error)) from None
   with strategy.scope():
     model = build_model(vocabulary, len(train))
-  if not os.path.isfile(os.path.join(FLAGS.model_dir, runs.CONFIG)):
-    runs.save_model(model, vocabulary, FLAGS.model_dir)  # the untrained model, until the best
   decay = training.LearningRateDecay(FLAGS.decay_from_epoch or None)
   try:
-    with strategy.scope():
-      history = training.train(model, train, FLAGS.epochs, FLAGS.model_dir, valid,
-                               FLAGS.checkpoint_every, decay,
-                               on_best=lambda m: runs.save_model(m, vocabulary, FLAGS.model_dir),
-                               verbose=1 if sys.stdout.isatty() else 2)
+    best = runs.train_and_test(
+        model, vocabulary, train, valid, test, strategy, FLAGS.model_dir, FLAGS.epochs,
+        FLAGS.checkpoint_every, FLAGS.num_samples,
+        training.flag_values(FLAGS, [sys.modules[__name__], savae_flags]), decay)
   except training.NonFiniteLossError as error:
     sys.exit(f"error: {error}")
-  best, _ = runs.load_model(FLAGS.model_dir)
-  best.compile()
-  metrics = evaluate(best, test, num_samples=FLAGS.num_samples)
-  training.write_metrics(FLAGS.model_dir, {
-      "flags": training.flag_values(FLAGS, [sys.modules[__name__], savae_flags]),
-      "epochs": history, "test": metrics})
-  print("test: " + ", ".join(f"{name} {value:.3f}" for name, value in sorted(metrics.items())))
   if FLAGS.export_dir:
     print(f"SavedModel written to {export.export(best, vocabulary, FLAGS.export_dir)}")
 

@@ -1,16 +1,21 @@
-"""Drawing sentences from a decoder p(x | z), one token at a time.
+"""Drawing sentences and images from a decoder p(x | z), one token or pixel at a time.
 
-One mechanism for every decoder with the `prepare`/`logits` interface (networks/text.py): the
-tokens so far live in a fixed buffer [batch, max_length + 1] that starts with `<s>`; step t runs
-the decoder over the whole buffer and reads the logits at position t. The decoder is causal, so the
-not-yet-written positions do not matter. This costs O(max_length^2) decoder positions instead of
-O(max_length) with a carried LSTM state, and in exchange works unchanged for any decoder, with a
-tensor `max_length` and no retracing.
+One mechanism for every decoder with the `prepare`/`logits` interface: what has been drawn so far
+lives in a fixed buffer (tokens [batch, max_length + 1] starting with `<s>`, or an image); step t
+runs the decoder over the whole buffer and reads the output at position t. The decoder is causal,
+so the not-yet-written positions do not matter. This costs O(length^2) decoder positions instead
+of O(length) with a carried state, and in exchange works unchanged for any decoder (LSTM or
+PixelCNN), with a tensor `max_length` and no retracing.
 """
 
 from typing import NamedTuple, Optional
 
 import tensorflow as tf
+
+
+class SampledImages(NamedTuple):
+  means: tf.Tensor    # float32 [batch, height, width, 1]: p(x_i = 1 | x_<i, z) at each pixel
+  samples: tf.Tensor  # float32 [batch, height, width, 1] in {0, 1}, drawn pixel by pixel
 
 
 class Decoded(NamedTuple):
@@ -61,3 +66,37 @@ def decode(decoder, z, bos_id: int, max_length, temperature, seed, eos_id: Optio
   _, buffer, _, lengths = tf.while_loop(
       lambda t, *_: t < max_length, body, (tf.constant(0), buffer, finished, lengths))
   return Decoded(buffer[:, 1:], lengths)
+
+
+def sample_images(decoder, z, seed, batch_size=None, shared_noise: bool = False) -> SampledImages:
+  """Binary images drawn from p(x | z) pixel by pixel in raster order (ancestral sampling).
+
+  Pixel i is 1 when u_i < p(x_i = 1 | x_<i, z), with u_i uniform from `fold_in(seed, i)`, so
+  the same seed gives the same images. With `shared_noise` every image of the batch uses the same
+  u_i, so images differ only through z (a latent traversal).
+
+  Args:
+    decoder: `prepare(images)`, `logits(context, z)` and `image_shape` (height, width).
+    z: [batch, latent], or None for a decoder without a latent (then give `batch_size`).
+    seed: int32 [2].
+  """
+  height, width = decoder.image_shape
+  batch = tf.shape(z)[0] if z is not None else tf.convert_to_tensor(batch_size, tf.int32)
+  images = tf.zeros([batch, height, width, 1])
+  means = tf.zeros([batch, height, width, 1])
+  pixel_ids = tf.reshape(tf.range(height * width), [1, height, width, 1])
+
+  def body(i, images, means):
+    row, col = i // width, i % width
+    mean = tf.sigmoid(decoder.logits(decoder.prepare(images), z)[:, row, col, 0])
+    uniform = tf.random.stateless_uniform([1 if shared_noise else batch],
+                                          tf.random.experimental.stateless_fold_in(seed, i))
+    pixel = tf.cast(uniform < mean, tf.float32)
+    here = tf.equal(pixel_ids, i)
+    images = tf.where(here, pixel[:, None, None, None], images)
+    means = tf.where(here, mean[:, None, None, None], means)
+    return i + 1, images, means
+
+  _, images, means = tf.while_loop(lambda i, *_: i < height * width, body,
+                                   (tf.constant(0), images, means))
+  return SampledImages(means, images)

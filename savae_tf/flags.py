@@ -4,10 +4,13 @@ Names follow the paper's code where one exists. Binaries call the `define_*` fun
 before `app.run`.
 """
 
+from typing import Any, Dict
+
 from absl import flags
 
 from savae_tf import svi
 from savae_tf import training
+from savae_tf.model import SemiAmortizedVAE, SVIConfig
 
 
 def define_svi_flags():
@@ -28,10 +31,12 @@ def define_svi_flags():
       "run the LSTMs with use_cudnn=False.")
 
 
-def define_training_flags(epochs: int, optimizer: str, learning_rate: float, warmup: int):
+def define_training_flags(epochs: int, optimizer: str, learning_rate: float, warmup: int,
+                          batch_size: int = 32):
   """The optimisation flags every training binary has, with that binary's defaults."""
   flags.DEFINE_integer("epochs", epochs, "Training epochs (at most).", lower_bound=1)
-  flags.DEFINE_integer("batch_size", 32, "Sentences per batch.", lower_bound=1)
+  flags.DEFINE_integer("batch_size", batch_size, "Examples (sentences or images) per batch.",
+                       lower_bound=1)
   flags.DEFINE_enum("optimizer", optimizer, training.OPTIMIZERS, "Optimizer.")
   flags.DEFINE_float("learning_rate", learning_rate, "The optimizer's learning rate.",
                      lower_bound=0.0)
@@ -53,3 +58,26 @@ def define_seed_flag():
 def svi_max_grad_norm(value: float):
   """The clip as `refine` takes it: None when disabled."""
   return value if value > 0 else None
+
+
+def apply_preset(presets: Dict[str, Dict[str, Any]]):
+  """Sets the flags of preset --preset (if any) that were not given on the command line."""
+  for name, value in presets.get(flags.FLAGS.preset, {}).items():
+    if not flags.FLAGS[name].present:
+      flags.FLAGS[name].value = value
+
+
+def model_from_flags(decoder, encoder, mode: str, latent_dim: int,
+                     steps_per_epoch: int) -> SemiAmortizedVAE:
+  """The training binaries' model: the refiner, warm-up, seed and optimizer from the shared
+  flags, compiled (build it inside the distribution strategy's scope)."""
+  f = flags.FLAGS
+  svi_config = SVIConfig(steps=f.svi_steps, lr=f.svi_lr, momentum=f.momentum,
+                         max_grad_norm=svi_max_grad_norm(f.svi_max_grad_norm),
+                         gradient=f.refine_gradient)
+  model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=latent_dim,
+                           svi_config=svi_config, test_svi_steps=f.test_svi_steps,
+                           kl_warmup_steps=f.warmup * steps_per_epoch, seed=f.seed)
+  model.compile(optimizer=training.make_optimizer(f.optimizer, f.learning_rate,
+                                                 f.max_grad_norm))
+  return model

@@ -17,11 +17,12 @@ Modes (what each trains, and by which loss):
   savae       everything on f(lambda_K) differentiated through the refinement; the encoder learns
               only through lambda_0.
 
-Batches are dicts {"tokens": int32 [batch, time], "lengths": int32 [batch]}.
+Batches are dicts: text {"tokens": int32 [batch, time], "lengths": int32 [batch]}; images
+{"images": float32 [batch, height, width, 1]}. The decoder's `data_kind` says which it models.
 """
 
 import dataclasses
-from typing import Optional
+from typing import NamedTuple, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -53,6 +54,56 @@ class SVIConfig:
     return svi.refine(loss_fn, mean, logvar, self.steps if steps is None else steps,
                       lr=self.lr, momentum=self.momentum, max_grad_norm=self.max_grad_norm,
                       gradient=gradient or self.gradient, inputs=inputs)
+
+
+class Observation(NamedTuple):
+  """One batch as the model reads it, for text or images (see `observe`)."""
+  encoder_inputs: Tuple[tf.Tensor, ...]  # text: (tokens, lengths); images: (images,)
+  decoder_inputs: tf.Tensor  # what `decoder.prepare` takes: tokens or images
+  targets: tf.Tensor  # text: tokens[:, 1:]; images: the images
+  mask: Optional[tf.Tensor]  # text: which targets are real; images: None (every pixel is)
+  content: tf.Tensor  # the batch as int64 values, which keys evaluation noise
+
+  def nll(self, logits):
+    """-log p(x | z) per example from the decoder's logits: categorical over masked tokens, or
+    Bernoulli over every pixel."""
+    if self.mask is None:
+      return objectives.pixel_nll(logits, self.targets)
+    return objectives.token_nll(logits, self.targets, self.mask)
+
+  def units(self):
+    """Predicted tokens (text) or pixels (images) per example, [batch] int32."""
+    if self.mask is None:
+      shape = tf.shape(self.targets)
+      return tf.fill(shape[:1], tf.reduce_prod(shape[1:]))
+    return tf.reduce_sum(tf.cast(self.mask, tf.int32), -1)
+
+  def tiled(self, samples):
+    """The targets (and mask) repeated `samples` times along the batch: sample-major, to match
+    a decoder run on `samples` copies of the batch."""
+    def tile(x):
+      return None if x is None else tf.tile(
+          x, tf.concat([[samples], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+    return self._replace(targets=tile(self.targets), mask=tile(self.mask))
+
+
+def observe(data, kind: str) -> Observation:
+  """The `Observation` of a text (`kind="text"`) or image (`kind="images"`) batch."""
+  if kind == "images":
+    if "images" not in data:
+      raise ValueError(f"An image model needs batches {{'images': [batch, height, width, 1]}}; "
+                       f"got keys {sorted(data)}.")
+    images = data["images"]
+    return Observation((images,), images, images, None,
+                       tf.cast(tf.round(images * 255.0), tf.int64))
+  if "tokens" not in data or "lengths" not in data:
+    raise ValueError(f"A text model needs batches {{'tokens', 'lengths'}}; got keys "
+                     f"{sorted(data)}.")
+  tokens, lengths = data["tokens"], data["lengths"]
+  targets = tokens[:, 1:]
+  return Observation((tokens, lengths), tokens, targets,
+                     objectives.target_mask(lengths, tf.shape(targets)[1]),
+                     tf.cast(tokens, tf.int64))
 
 
 def global_batch_size(local_batch):
@@ -99,9 +150,10 @@ class SemiAmortizedVAE(keras.Model):
                active_unit_threshold: float = 0.01, seed: int = 3435, **kwargs):
     """
     Args:
-      decoder: a layer with `prepare(tokens, training)` and `logits(context, z, training, seed)`.
-      encoder: a layer `(tokens, lengths) -> GaussianParams`; required by vae, vae_svi,
-        vae_svi_kl and savae, unused by autoreg and svi.
+      decoder: a layer with `data_kind` ("text" or "images"), `floats_per_target`,
+        `prepare(inputs, training)` and `logits(context, z, training, seed)`.
+      encoder: a layer `(*Observation.encoder_inputs, training) -> GaussianParams`; required by
+        vae, vae_svi, vae_svi_kl and savae, unused by autoreg and svi.
       kl_warmup_steps: batches over which the KL weight beta rises linearly from `kl_start` to 1:
         beta_t = min(1, kl_start + t / kl_warmup_steps) for the t-th batch (1-based), the paper's
         rule with kl_warmup_steps = warmup epochs x batches per epoch. 0: beta = 1 throughout.
@@ -172,19 +224,21 @@ class SemiAmortizedVAE(keras.Model):
     t = tf.cast(step + 1, tf.float32)
     return tf.minimum(1.0, self.kl_start + t / float(self.kl_warmup_steps))
 
-  def negative_elbo_terms(self, context, targets, mask, mean, logvar, seed, training):
+  def observe(self, data) -> Observation:
+    return observe(data, self.decoder.data_kind)
+
+  def negative_elbo_terms(self, context, obs, mean, logvar, seed, training):
     """(-log p(x | z), KL) per example at lambda = (mean, logvar), one z drawn from `seed`."""
     z_seed, dropout_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     z = distributions.sample(mean, logvar, z_seed)
     logits = self.decoder.logits(context, z, training=training, seed=dropout_seed)
-    return (objectives.token_nll(logits, targets, mask),
-            distributions.kl_to_prior(mean, logvar))
+    return obs.nll(logits), distributions.kl_to_prior(mean, logvar)
 
-  def initial_params(self, tokens, lengths):
+  def initial_params(self, obs: Observation, training=False):
     """lambda_0: the encoder's (mean, logvar), or the prior's (zeros) without an encoder."""
     if self.encoder is not None:
-      return self.encoder(tokens, lengths)
-    zeros = tf.zeros([tf.shape(tokens)[0], self.latent_dim])
+      return self.encoder(*obs.encoder_inputs, training=training)
+    zeros = tf.zeros([tf.shape(obs.targets)[0], self.latent_dim])
     return distributions.GaussianParams(zeros, zeros)
 
   @staticmethod
@@ -192,13 +246,13 @@ class SemiAmortizedVAE(keras.Model):
     """(seed for lambda_0's z, for lambda_K's z, for the refinement steps)."""
     return tf.unstack(tf.random.experimental.stateless_split(seed, 3))
 
-  def refine_posterior(self, context, targets, mask, mean0, logvar0, steps, gradient, seed,
-                       training, kl_weight):
+  def refine_posterior(self, context, obs, mean0, logvar0, steps, gradient, seed, training,
+                       kl_weight):
     """lambda_K: `steps` SVI steps on f from lambda_0; step k's z and dropout from seed and k."""
-    batch = global_batch_size(tf.shape(targets)[0])
+    batch = global_batch_size(tf.shape(obs.targets)[0])
 
     def loss_fn(mean, logvar, step, inputs):
-      nll, kl = self.negative_elbo_terms(inputs[0], targets, mask, mean, logvar,
+      nll, kl = self.negative_elbo_terms(inputs[0], obs, mean, logvar,
                                          distributions.step_seed(seed, step), training)
       return tf.reduce_sum(nll + kl_weight * kl) / batch
 
@@ -212,32 +266,29 @@ class SemiAmortizedVAE(keras.Model):
     `refine` (default: whether the mode refines) forces test-time refinement for a `vae`.
     """
     refine = self.refines if refine is None else refine
-    tokens, lengths = data["tokens"], data["lengths"]
-    targets = tokens[:, 1:]
-    mask = objectives.target_mask(lengths, tf.shape(targets)[1])
-    context = self.decoder.prepare(tokens, training=training)
-    out = {"tokens": tf.reduce_sum(tf.cast(mask, tf.int32), -1)}
+    obs = self.observe(data)
+    context = self.decoder.prepare(obs.decoder_inputs, training=training)
+    out = {"tokens": obs.units()}
     seed_0, seed_k, seed_refine = self.split_seed(seed)
-    batch = global_batch_size(tf.shape(tokens)[0])
+    batch = global_batch_size(tf.shape(obs.targets)[0])
 
     def batch_mean(values):  # over the whole batch, across replicas
       return tf.reduce_sum(values) / batch
 
     if self.mode == "autoreg":
       logits = self.decoder.logits(context, None, training=training, seed=seed_0)
-      out["nll"] = objectives.token_nll(logits, targets, mask)
+      out["nll"] = obs.nll(logits)
       out["nll_bound"] = out["nll"]
       out["kl"] = tf.zeros_like(out["nll"])
       out["loss"] = batch_mean(out["nll"])
       return out
 
-    mean0, logvar0 = self.initial_params(tokens, lengths)
+    mean0, logvar0 = self.initial_params(obs, training)
     out["mean0"], out["logvar0"] = mean0, logvar0
     if self.mode != "svi":
       with tf.GradientTape(watch_accessed_variables=False) as lambda_tape:
         lambda_tape.watch([mean0, logvar0])
-        nll0, kl0 = self.negative_elbo_terms(context, targets, mask, mean0, logvar0, seed_0,
-                                             training)
+        nll0, kl0 = self.negative_elbo_terms(context, obs, mean0, logvar0, seed_0, training)
         out["amortized_loss"] = batch_mean(nll0 + kl_weight * kl0)
       out["nll_bound"], out["kl"] = nll0 + kl0, kl0
       out["loss"] = out["amortized_loss"]
@@ -245,14 +296,13 @@ class SemiAmortizedVAE(keras.Model):
       return out
 
     if self.mode == "savae":
-      mean_k, logvar_k = self.refine_posterior(context, targets, mask, mean0, logvar0, steps,
-                                               gradient, seed_refine, training, kl_weight)
+      mean_k, logvar_k = self.refine_posterior(context, obs, mean0, logvar0, steps, gradient,
+                                               seed_refine, training, kl_weight)
     else:
       mean_k, logvar_k = self.refine_posterior(
-          context, targets, mask, tf.stop_gradient(mean0), tf.stop_gradient(logvar0), steps,
-          "none", seed_refine, training, kl_weight)
-    nll_k, kl_k = self.negative_elbo_terms(context, targets, mask, mean_k, logvar_k, seed_k,
-                                           training)
+          context, obs, tf.stop_gradient(mean0), tf.stop_gradient(logvar0), steps, "none",
+          seed_refine, training, kl_weight)
+    nll_k, kl_k = self.negative_elbo_terms(context, obs, mean_k, logvar_k, seed_k, training)
     out["refined_nll_bound"], out["kl"] = nll_k + kl_k, kl_k
     out["mean"], out["logvar"] = mean_k, logvar_k
     out["decoder_loss"] = batch_mean(nll_k + kl_weight * kl_k)
@@ -333,12 +383,10 @@ class SemiAmortizedVAE(keras.Model):
 
   def iw_nll(self, data, out, num_samples):
     """-log p(x) per example by importance sampling, proposal q at the refined lambda."""
-    tokens = data["tokens"]
-    targets = tokens[:, 1:]
-    mask = objectives.target_mask(data["lengths"], tf.shape(targets)[1])
     if self.mode == "autoreg":
       return out["nll"]
-    context = self.decoder.prepare(tokens, training=False)
+    obs = self.observe(data)
+    context = self.decoder.prepare(obs.decoder_inputs, training=False)
     mean, logvar = out.get("mean", out["mean0"]), out.get("logvar", out["logvar0"])
 
     def log_likelihood(z):  # z [S, B, D] -> [S, B]
@@ -346,19 +394,20 @@ class SemiAmortizedVAE(keras.Model):
       tiled = tf.tile(context, tf.concat([[samples], tf.ones([tf.rank(context) - 1], tf.int32)],
                                          0))
       logits = self.decoder.logits(tiled, tf.reshape(z, [samples * batch, -1]), training=False)
-      nll = objectives.token_nll(logits, tf.tile(targets, [samples, 1]), tf.tile(mask, [samples, 1]))
-      return -tf.reshape(nll, [samples, batch])
+      return -tf.reshape(obs.tiled(samples).nll(logits), [samples, batch])
 
     return -objectives.iw_log_likelihood(log_likelihood, mean, logvar, num_samples,
                                          self._evaluation_seed(data, 3),
-                                         self._iw_chunk_size(tf.shape(targets)))
+                                         self._iw_chunk_size(obs.targets))
 
-  def _iw_chunk_size(self, target_shape, max_logits: int = 2**25, max_chunk: int = 50):
+  def _iw_chunk_size(self, targets, max_floats: int = 2**25, max_chunk: int = 50):
     """Samples per importance-sampling chunk: at most `max_chunk`, and few enough that one
-    chunk's logits (chunk x batch x time x vocab floats) stay under `max_logits` (128 MiB), so
-    a batch of 1,000 sentences does not run out of memory."""
-    per_sample = target_shape[0] * target_shape[1] * self.decoder.vocab_size
-    return tf.clip_by_value(max_logits // tf.maximum(per_sample, 1), 1, max_chunk)
+    chunk's decoder outputs (chunk x targets x `decoder.floats_per_target` floats: the logits of
+    a text decoder) stay under `max_floats` (128 MiB), so a batch of 1,000 sentences does not
+    run out of memory."""
+    per_sample = tf.size(targets, out_type=tf.int64) * self.decoder.floats_per_target
+    return tf.cast(tf.clip_by_value(max_floats // tf.maximum(per_sample, 1), 1, max_chunk),
+                   tf.int32)
 
   def score(self, data, steps, num_samples):
     """Per-example evaluation of one batch, deterministic given the batch.
@@ -366,7 +415,8 @@ class SemiAmortizedVAE(keras.Model):
     Returns the forward dict with `nll_bound` (amortized), `refined_nll_bound` (after `steps`
     test-time SVI steps; every mode with a latent refines here, a VAE too), `kl` (at the refined
     posterior), `iw_nll` (`num_samples` importance samples, proposal q at the refined posterior)
-    and `tokens` (predicted tokens per example). The LM's three NLLs are its exact NLL.
+    and `tokens` (predicted tokens, or pixels, per example). The autoregressive baseline's three
+    NLLs are its exact NLL.
     """
     out = self.forward(data, self._evaluation_seed(data, 1), False, tf.constant(1.0), steps,
                        "none", refine=self.latent_dim > 0)
@@ -378,20 +428,18 @@ class SemiAmortizedVAE(keras.Model):
     """lambda_K from a given lambda_0, with the noise `score` uses for this batch."""
     if not self.latent_dim:
       return distributions.GaussianParams(mean, logvar)
-    tokens = data["tokens"]
-    targets = tokens[:, 1:]
-    mask = objectives.target_mask(data["lengths"], tf.shape(targets)[1])
+    obs = self.observe(data)
     seed_refine = self.split_seed(self._evaluation_seed(data, 1))[2]
-    return self.refine_posterior(self.decoder.prepare(tokens), targets, mask, mean, logvar,
+    return self.refine_posterior(self.decoder.prepare(obs.decoder_inputs), obs, mean, logvar,
                                  steps, "none", seed_refine, False, tf.constant(1.0))
 
   def _evaluation_seed(self, data, purpose):
-    """A seed that differs between batches but not between runs: keyed by the batch's tokens,
+    """A seed that differs between batches but not between runs: keyed by the batch's content,
     so Monte Carlo noise averages out over a data set and evaluation does not depend on the
     order of batches."""
-    tokens = tf.cast(data["tokens"], tf.int64)
-    weights = tf.range(1, tf.size(tokens, out_type=tf.int64) + 1, dtype=tf.int64)
-    key = tf.reduce_sum(tf.reshape(tokens, [-1]) * weights) % (2**31 - 1)
+    content = self.observe(data).content
+    weights = tf.range(1, tf.size(content, out_type=tf.int64) + 1, dtype=tf.int64)
+    key = tf.reduce_sum(tf.reshape(content, [-1]) * weights) % (2**31 - 1)
     return tf.random.experimental.stateless_fold_in(tf.constant([self.seed, purpose], tf.int64),
                                                     key)
 
@@ -400,12 +448,13 @@ class SemiAmortizedVAE(keras.Model):
     skipped |= {"iw_nll"} if not self.eval_num_samples else set()
     results = {name: tracker.result() for name, tracker in self.eval_trackers.items()
                if name not in skipped}
-    tokens = tf.maximum(self.totals["tokens"].result(), 1.0)
-    results["ppl_bound"] = tf.exp(self.totals["bound_total"].result() / tokens)
-    if self.mode == "autoreg":
-      results["ppl"] = results["ppl_bound"]
-    elif self.eval_num_samples:
-      results["ppl"] = tf.exp(self.totals["iw_total"].result() / tokens)
+    if self.decoder.data_kind == "text":  # perplexity is per token; images report nats
+      tokens = tf.maximum(self.totals["tokens"].result(), 1.0)
+      results["ppl_bound"] = tf.exp(self.totals["bound_total"].result() / tokens)
+      if self.mode == "autoreg":
+        results["ppl"] = results["ppl_bound"]
+      elif self.eval_num_samples:
+        results["ppl"] = tf.exp(self.totals["iw_total"].result() / tokens)
     if self.latent_dim:
       results["active_units"] = self.variance_of_means.result()
     return results

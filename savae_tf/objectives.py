@@ -28,6 +28,13 @@ def token_nll(logits, targets, mask):
   return tf.reduce_sum(nll * tf.cast(mask, nll.dtype), axis=-1)
 
 
+def pixel_nll(logits, images):
+  """-log p(x | z) per example for binary images: the Bernoulli cross-entropies summed over every
+  pixel. logits, images: [batch, height, width, channels]; images may be Bernoulli means."""
+  nll = tf.nn.sigmoid_cross_entropy_with_logits(labels=images, logits=logits)
+  return tf.reduce_sum(tf.reshape(nll, [tf.shape(nll)[0], -1]), axis=-1)
+
+
 def iw_log_likelihood(log_likelihood_fn, mean, logvar, num_samples, seed, chunk_size=50):
   """Importance-weighted estimate of log p(x) per example, with q(z; mean, logvar) as proposal.
 

@@ -1,47 +1,61 @@
 """A trained model on disk, as the training binaries leave it and the other binaries load it.
 
     <model_dir>/config.json      SemiAmortizedVAE.get_config() (encoder and decoder included)
-    <model_dir>/vocab.json       the Vocabulary
+    <model_dir>/vocab.json       the Vocabulary (text models only)
     <model_dir>/weights/model-*  a tf.train.Checkpoint of the model's variables
     <model_dir>/metrics.json     what the run measured (written by the binary)
 """
 
 import json
 import os
-from typing import Tuple
+import sys
+from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
+
+from savae_tf import training
+from savae_tf.evaluate import evaluate
 
 from savae_tf.data.text import Vocabulary
 from savae_tf.model import SemiAmortizedVAE
 # Imported for their side effect: registering the layer classes that configs name.
+from savae_tf.networks import image as _image  # noqa: F401  pylint: disable=unused-import
 from savae_tf.networks import synthetic as _synthetic  # noqa: F401  pylint: disable=unused-import
 from savae_tf.networks import text as _text  # noqa: F401  pylint: disable=unused-import
 
 CONFIG, VOCAB, WEIGHTS = "config.json", "vocab.json", "weights"
 
 
-def save_model(model: SemiAmortizedVAE, vocabulary: Vocabulary, model_dir: str) -> str:
-  """Writes the model's config, vocabulary and weights into `model_dir`; returns the directory."""
+def save_model(model: SemiAmortizedVAE, vocabulary: Optional[Vocabulary], model_dir: str) -> str:
+  """Writes the model's config, vocabulary (text models) and weights into `model_dir`; returns
+  the directory."""
+  if (vocabulary is None) != (model.decoder.data_kind == "images"):
+    raise ValueError("A text model is saved with its vocabulary, an image model without one.")
   os.makedirs(model_dir, exist_ok=True)
   with open(os.path.join(model_dir, CONFIG), "w") as f:
     json.dump(model.get_config(), f, indent=2)
-  vocabulary.save(os.path.join(model_dir, VOCAB))
+  if vocabulary is not None:
+    vocabulary.save(os.path.join(model_dir, VOCAB))
   _checkpoint(model).write(os.path.join(model_dir, WEIGHTS, "model"))
   return model_dir
 
 
-def load_model(model_dir: str) -> Tuple[SemiAmortizedVAE, Vocabulary]:
-  """The model and vocabulary saved by `save_model`, with clear errors for a wrong directory."""
+def load_model(model_dir: str) -> Tuple[SemiAmortizedVAE, Optional[Vocabulary]]:
+  """The model and vocabulary (None for an image model) saved by `save_model`, with clear
+  errors for a wrong directory."""
   if not os.path.isdir(model_dir):
     raise FileNotFoundError(f"Model directory {model_dir!r} does not exist.")
-  for name in (CONFIG, VOCAB):
-    if not os.path.isfile(os.path.join(model_dir, name)):
-      raise FileNotFoundError(f"{model_dir!r} is not a saved model directory: no {name}.")
+  if not os.path.isfile(os.path.join(model_dir, CONFIG)):
+    raise FileNotFoundError(f"{model_dir!r} is not a saved model directory: no {CONFIG}.")
   with open(os.path.join(model_dir, CONFIG)) as f:
     model = SemiAmortizedVAE.from_config(json.load(f))
-  vocabulary = Vocabulary.load(os.path.join(model_dir, VOCAB))
-  if len(vocabulary) != model.decoder.vocab_size + _extra_input_ids(model):
+  vocabulary = None
+  if model.decoder.data_kind == "text":
+    if not os.path.isfile(os.path.join(model_dir, VOCAB)):
+      raise FileNotFoundError(f"{model_dir!r} is not a saved model directory: no {VOCAB}.")
+    vocabulary = Vocabulary.load(os.path.join(model_dir, VOCAB))
+  if vocabulary is not None and (
+      len(vocabulary) != model.decoder.vocab_size + _extra_input_ids(model)):
     raise ValueError(f"{model_dir!r}: vocab.json has {len(vocabulary)} words but the model was "
                      f"built for {model.decoder.vocab_size + _extra_input_ids(model)}.")
   prefix = os.path.join(model_dir, WEIGHTS, "model")
@@ -60,3 +74,27 @@ def _checkpoint(model):
 def _extra_input_ids(model) -> int:
   """Input-only ids beyond the decoder's output vocabulary (the synthetic start token)."""
   return getattr(model.decoder, "input_only_ids", 0)
+
+
+def train_and_test(model: SemiAmortizedVAE, vocabulary: Optional[Vocabulary], train_batches,
+                   valid: tf.data.Dataset, test: tf.data.Dataset,
+                   strategy: tf.distribute.Strategy, model_dir: str, epochs: int,
+                   checkpoint_every: int, num_samples: int, flag_values: Dict[str, Any],
+                   decay: training.LearningRateDecay = training.LearningRateDecay()
+                   ) -> SemiAmortizedVAE:
+  """A training binary's whole run, resumable: `training.train` with the best validation model
+  saved into `model_dir` as it improves, then that model's test metrics (`iw_nll` with
+  `num_samples` samples) printed and written to <model_dir>/metrics.json with the run's flags and
+  every epoch. Returns the best model. Raises training.NonFiniteLossError on a NaN loss."""
+  if not os.path.isfile(os.path.join(model_dir, CONFIG)):
+    save_model(model, vocabulary, model_dir)  # the untrained model, until there is a best
+  with strategy.scope():
+    history = training.train(model, train_batches, epochs, model_dir, valid, checkpoint_every,
+                             decay, on_best=lambda m: save_model(m, vocabulary, model_dir),
+                             verbose=1 if sys.stdout.isatty() else 2)
+  best, _ = load_model(model_dir)
+  best.compile()
+  metrics = evaluate(best, test, num_samples=num_samples)
+  training.write_metrics(model_dir, {"flags": flag_values, "epochs": history, "test": metrics})
+  print("test: " + ", ".join(f"{name} {value:.3f}" for name, value in sorted(metrics.items())))
+  return best

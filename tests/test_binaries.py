@@ -11,7 +11,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Every binary, its tiny flags, and a line fragment its output must contain. "{model}" is a tiny
-# saved model directory, "{saved_model}" its SavedModel (see `tiny_model`), "{data}" a tiny corpus.
+# saved model directory, "{saved_model}" its SavedModel (see `tiny_model`), "{data}" a tiny corpus,
+# "{images}" a tiny .npz of images.
 SMOKE_RUNS = {
     "refine_demo.py": (["--svi_steps=3", "--batch_size=4"], "relative difference to unrolled"),
     "train_synthetic.py": (["--model=all", "--generator=both", "--epochs=1", "--num_train=32",
@@ -27,6 +28,11 @@ SMOKE_RUNS = {
                        "--dec_word_dim=4", "--dec_h_dim=4", "--latent_dim=2", "--epochs=1",
                        "--num_samples=2", "--model_dir=run", "--export_dir=exp"],
                       "SavedModel written to exp/1"),
+    "train_images.py": (["--dataset=npz", "--data_dir={images}", "--model=savae", "--latent_dim=2",
+                         "--enc_channels=4", "--enc_stages=1", "--dec_channels=4",
+                         "--kernel_sizes=3,3", "--svi_steps=2", "--epochs=1", "--batch_size=10",
+                         "--num_samples=3", "--num_pictures=3", "--model_dir=run",
+                         "--export_dir=exp"], "SavedModel written to exp/1"),
 }
 
 
@@ -41,6 +47,28 @@ def tiny_model(tmp_path):
                            mode="savae", latent_dim=2, svi_config=SVIConfig(steps=2))
   model_dir = runs.save_model(model, synthetic.vocabulary(), str(tmp_path / "model"))
   return model_dir, export.export(model, synthetic.vocabulary(), str(tmp_path / "saved"))
+
+
+def tiny_image_model(tmp_path):
+  """A small untrained image SA-VAE saved as a model directory."""
+  from savae_tf import runs
+  from savae_tf.model import SemiAmortizedVAE
+  from savae_tf.networks.image import GatedPixelCNN, ResNetEncoder
+  model = SemiAmortizedVAE(GatedPixelCNN(2, channels=4, kernel_sizes=(3,), image_shape=(6, 6)),
+                           ResNetEncoder(2, channels=4, stages=1, image_shape=(6, 6)),
+                           latent_dim=2)
+  return runs.save_model(model, None, str(tmp_path / "image_model"))
+
+
+def tiny_images(tmp_path, size=8):
+  """An .npz of grey-level images, 30 / 6 / 6 of size x size; returns its path."""
+  import numpy as np
+  rng = np.random.default_rng(0)
+  splits = {name: rng.random((n, size, size)).astype(np.float32)
+            for name, n in [("train", 30), ("valid", 6), ("test", 6)]}
+  path = tmp_path / "images.npz"
+  np.savez(path, **splits)
+  return str(path)
 
 
 def run_binary(name, args, tmp_path):
@@ -62,6 +90,8 @@ def test_binary_runs(name, tmp_path, text_corpus):
     args = [arg.format(model=model_dir, saved_model=saved_model) for arg in args]
   if any("{data}" in arg for arg in args):
     args = [arg.format(data=text_corpus()) for arg in args]
+  if any("{images}" in arg for arg in args):
+    args = [arg.format(images=tiny_images(tmp_path)) for arg in args]
   result = run_binary(name, args, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert expected in result.stdout
@@ -124,6 +154,9 @@ BENCH_RUNS = {
     "step_bench.py": ["--steps=2", "--gradients=reverse", "--repeats=1", "--word_dim=8",
                       "--hidden_dim=8", "--vocab=30", "--batch=4", "--length=5",
                       "--latent_dim=3"],
+    "image_step_bench.py": ["--steps=2", "--repeats=1", "--latent_dim=2", "--enc_channels=4",
+                            "--enc_stages=1", "--dec_channels=4", "--kernel_sizes=3,3",
+                            "--size=6", "--batch=3"],
     "score_bench.py": ["--vocab=20", "--hidden=4", "--mlp=8", "--batch=4", "--num_samples=1,3",
                        "--steps=0,2", "--total=8", "--repeats=1"],
 }
@@ -148,6 +181,7 @@ def test_benchmark_runs(name, tmp_path):
 
 def test_bad_input_to_the_model_binaries_is_named_without_a_traceback(tmp_path):
   model_dir, saved_model = tiny_model(tmp_path)
+  image_model = tiny_image_model(tmp_path)
   (tmp_path / "empty.txt").write_text("\n  \n")
   cases = [
       ("generate.py", [f"--model={model_dir}", "--reconstruct=w1 hello"], "not in the vocabulary"),
@@ -157,6 +191,8 @@ def test_bad_input_to_the_model_binaries_is_named_without_a_traceback(tmp_path):
       ("evaluate.py", [f"--model={saved_model}", "--data=synthetic", "--sentences_file=empty.txt"],
        "exactly one of --data and --sentences_file"),
       ("export_savedmodel.py", ["--model_dir=nowhere", "--export_dir=e"], "does not exist"),
+      ("generate.py", [f"--model={image_model}", "--num=2"], "is an image model"),
+      ("evaluate.py", [f"--model={image_model}", "--data=synthetic"], "is an image model"),
   ]
   for name, args, message in cases:
     result = run_binary(name, args, tmp_path)

@@ -1,6 +1,5 @@
 """Tests for savae_tf.evaluate: the report on a model whose true likelihood is known."""
 
-import numpy as np
 import pytest
 
 from savae_tf.data import synthetic

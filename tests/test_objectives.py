@@ -96,3 +96,13 @@ def test_token_nll_masks_padding_and_matches_sentences_run_one_by_one():
   log_probs = tf.nn.log_softmax(logits)
   by_hand = -sum(float(log_probs[1, t, targets[1, t]]) for t in range(2))
   assert float(batched[1]) == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_pixel_nll_is_the_bernoulli_negative_log_likelihood_summed_over_pixels():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 3, 4, 1))
+  images = (rng.random((2, 3, 4, 1)) < 0.5).astype(np.float64)
+  p = 1 / (1 + np.exp(-logits))
+  expected = -np.sum(images * np.log(p) + (1 - images) * np.log(1 - p), axis=(1, 2, 3))
+  np.testing.assert_allclose(objectives.pixel_nll(tf.constant(logits), tf.constant(images)),
+                             expected, rtol=1e-10)

@@ -1,6 +1,5 @@
 """Tests for savae_tf.runs: a saved model directory loads back to the same model."""
 
-import json
 
 import numpy as np
 import pytest
@@ -51,3 +50,24 @@ def test_missing_or_mismatched_files_are_named(tmp_path):
   Vocabulary.build(["a b c d"]).save(str(tmp_path / runs.VOCAB))
   with pytest.raises(ValueError, match="vocab.json has 8 words but the model was built for 7"):
     runs.load_model(str(tmp_path))
+
+
+def test_an_image_model_loads_back_with_its_batch_norm_statistics(tmp_path):
+  from savae_tf.networks.image import GatedPixelCNN, ResNetEncoder
+  encoder = ResNetEncoder(2, channels=4, stages=1, image_shape=(6, 6))
+  decoder = GatedPixelCNN(2, channels=4, kernel_sizes=(3,), image_shape=(6, 6))
+  model = SemiAmortizedVAE(decoder, encoder, mode="savae", latent_dim=2,
+                           svi_config=SVIConfig(steps=2))
+  images = tf.cast(tf.random.stateless_uniform([4, 6, 6, 1], [0, 1]) < 0.5, tf.float32)
+  encoder(images, training=True)  # moves the moving averages away from their initial values
+  runs.save_model(model, None, str(tmp_path))
+  assert not (tmp_path / runs.VOCAB).exists()
+  loaded, vocabulary = runs.load_model(str(tmp_path))
+  assert vocabulary is None
+  for mine, theirs in zip(loaded.encoder.non_trainable_variables, encoder.non_trainable_variables):
+    np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+  expected, got = model.score({"images": images}, 2, 5), loaded.score({"images": images}, 2, 5)
+  for key in ("nll_bound", "refined_nll_bound", "iw_nll"):
+    np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, err_msg=key)
+  with pytest.raises(ValueError, match="without one"):
+    runs.save_model(model, Vocabulary.build(["a"]), str(tmp_path / "other"))

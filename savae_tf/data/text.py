@@ -14,6 +14,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from savae_tf.data import DataError  # pylint: disable=unused-import  (text.DataError)
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 
 
@@ -130,10 +132,6 @@ SPLITS = ("train", "valid", "test")
 SPLIT_FILES = {"train": ("train.txt", "yahoo.train.txt"),
                "valid": ("val.txt", "valid.txt", "yahoo.valid.txt"),
                "test": ("test.txt", "yahoo.test.txt")}
-
-
-class DataError(ValueError):
-  """A data file is missing, empty or unusable; the message names the file and the problem."""
 
 
 def read_sentences(path: str, text_format: str = "auto") -> List[str]:

@@ -42,6 +42,11 @@ class SyntheticGenerator(keras.layers.Layer):
 
   # The start token is an input id past the output vocabulary: vocabularies have vocab_size + 1 words.
   input_only_ids = 1
+  data_kind = "text"
+
+  @property
+  def floats_per_target(self):
+    return self.vocab_size
 
   @property
   def start_token(self):

@@ -121,6 +121,13 @@ class LSTMDecoder(keras.layers.Layer):
             "hidden_dim": self.hidden_dim, "latent_dim": self.latent_dim,
             "dropout": self.dropout, "init_scale": self.init_scale, "use_cudnn": self.use_cudnn}
 
+  data_kind = "text"
+
+  @property
+  def floats_per_target(self):
+    """Logits per predicted token (what one importance sample costs in memory)."""
+    return self.vocab_size
+
   def prepare(self, tokens, training=False):
     del training
     return self.embed(tokens[:, :-1])

@@ -1,0 +1,153 @@
+"""Tests for the image half of savae_tf.export: the image SavedModel contract of export/README.md."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from savae_tf import export
+from savae_tf.model import SemiAmortizedVAE, SVIConfig
+from savae_tf.networks.image import GatedPixelCNN, ResNetEncoder
+
+SIZE = 6
+SIGNATURES = {"serving_default", "score", "encode", "refine", "generate", "sample", "reconstruct"}
+
+
+def image_model(mode="savae"):
+  keras.utils.set_random_seed(3)
+  latent = 0 if mode == "autoreg" else 2
+  encoder = ResNetEncoder(2, channels=4, stages=1, image_shape=(SIZE, SIZE))
+  decoder = GatedPixelCNN(latent, channels=4, kernel_sizes=(3, 3), image_shape=(SIZE, SIZE))
+  model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=2,
+                           svi_config=SVIConfig(steps=3))
+  # Move BatchNorm's moving statistics off their initial values, so a lost one would show.
+  encoder(tf.cast(tf.random.stateless_uniform([8, SIZE, SIZE, 1], [1, 1]) < 0.3, tf.float32),
+          training=True)
+  return model
+
+
+def binary_images(count, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.random((count, SIZE, SIZE, 1)) < 0.4).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def image_export(tmp_path_factory):
+  model = image_model()
+  return model, export.export(model, None, str(tmp_path_factory.mktemp("images")))
+
+
+CALL_ALL = """
+import numpy as np
+import tensorflow as tf
+
+IMAGES = np.array(%r, np.float32)
+
+
+def call_all(functions):
+  images = tf.constant(IMAGES)
+  encoded = functions["encode"](images=images)
+  return {
+      "encode": encoded,
+      "refine": functions["refine"](images=images, mean=encoded["mean"],
+                                    logvar=encoded["logvar"], steps=tf.constant(3)),
+      "score": functions["score"](images=images, steps=tf.constant(4), num_samples=tf.constant(7)),
+      "generate": functions["generate"](z=tf.constant([[0.5, -1.0], [0.0, 2.0]]),
+                                        seed=tf.constant(5)),
+      "sample": functions["sample"](num=tf.constant(3), seed=tf.constant(9)),
+      "reconstruct": functions["reconstruct"](images=images, steps=tf.constant(2),
+                                              seed=tf.constant(1)),
+  }
+""" % (binary_images(3).tolist(),)
+exec(CALL_ALL)
+
+FRESH_PROCESS = CALL_ALL + """
+import sys
+loaded = tf.saved_model.load(sys.argv[1])
+outputs = call_all(loaded.signatures)
+np.savez(sys.argv[2], **{f"{name}/{key}": value.numpy() for name, result in outputs.items()
+                         for key, value in result.items()})
+"""
+
+
+def test_reloaded_in_a_fresh_process_matches_the_in_memory_model(image_export, tmp_path):
+  model, path = image_export
+  out = tmp_path / "outputs.npz"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, path, str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  in_memory = call_all(export.ImageModelExport(model).signatures())
+  reloaded = np.load(out)
+  assert {key.split("/")[0] for key in reloaded.files} == set(in_memory)
+  for name, outputs in in_memory.items():
+    for key, value in outputs.items():
+      np.testing.assert_allclose(reloaded[f"{name}/{key}"], value.numpy(), rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{name}/{key}")
+
+
+def test_signatures_and_their_outputs(image_export):
+  _, path = image_export
+  signatures = tf.saved_model.load(path).signatures
+  assert set(signatures.keys()) == SIGNATURES
+  images = tf.constant(binary_images(4))
+  scores = signatures["score"](images=images, steps=tf.constant(5), num_samples=tf.constant(20))
+  assert set(scores) == {"nll_bound", "refined_nll_bound", "kl", "iw_nll"}
+  assert all(v.shape == (4,) for v in scores.values())
+  # The importance-weighted NLL is below 36 log 2 plus the noise of an untrained model's bound.
+  assert np.all(scores["iw_nll"].numpy() > 0)
+  sampled = signatures["sample"](num=tf.constant(2), seed=tf.constant(3))
+  assert sampled["images"].shape == sampled["means"].shape == (2, SIZE, SIZE, 1)
+  assert set(np.unique(sampled["images"].numpy())) <= {0.0, 1.0}
+  assert np.all((sampled["means"].numpy() > 0) & (sampled["means"].numpy() < 1))
+  again = signatures["sample"](num=tf.constant(2), seed=tf.constant(3))
+  np.testing.assert_array_equal(again["images"], sampled["images"])
+  one = signatures["score"](images=images[:1], steps=tf.constant(2), num_samples=tf.constant(3))
+  assert one["iw_nll"].shape == (1,)  # a batch of one
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((2, SIZE, SIZE)), r"images must be float32\[B, 6, 6, 1\]"),
+    (np.zeros((2, SIZE + 1, SIZE, 1)), r"images must be float32\[B, 6, 6, 1\]"),
+    (np.zeros((2, SIZE, SIZE, 3)), r"images must be float32\[B, 6, 6, 1\]"),
+    (np.full((1, SIZE, SIZE, 1), 255.0), r"image values must lie in \[0, 1\]"),
+    (np.full((1, SIZE, SIZE, 1), -0.5), r"image values must lie in \[0, 1\]"),
+    (np.full((1, SIZE, SIZE, 1), np.nan), r"image values must lie in \[0, 1\]"),
+])
+def test_bad_images_are_an_error_that_names_the_problem(image_export, images, message):
+  _, path = image_export
+  signatures = tf.saved_model.load(path).signatures
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    signatures["score"](images=tf.constant(images, tf.float32), steps=tf.constant(1),
+                        num_samples=tf.constant(2))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message) as error:
+    signatures["encode"](images=tf.constant(images, tf.float32))
+  assert export.error_message(error.value) in (  # what the binaries print
+      "images must be float32[B, 6, 6, 1]", "image values must lie in [0, 1] (NaN is not allowed)")
+
+
+def test_a_session_based_loader_runs_it_as_tf_serving_would(image_export):
+  _, path = image_export
+  cli = pathlib.Path(sys.executable).parent / "saved_model_cli"
+  result = subprocess.run(
+      [str(cli), "run", "--dir", path, "--tag_set", "serve", "--signature_def", "sample",
+       "--input_exprs", "num=2;seed=4"],
+      capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Result for output key images:" in result.stdout
+
+
+def test_the_pixel_cnn_baseline_exports_with_an_empty_latent(tmp_path):
+  path = export.export(image_model("autoreg"), None, str(tmp_path))
+  signatures = tf.saved_model.load(path).signatures
+  images = tf.constant(binary_images(2))
+  scores = signatures["score"](images=images, steps=tf.constant(3), num_samples=tf.constant(4))
+  np.testing.assert_allclose(scores["iw_nll"], scores["nll_bound"], rtol=1e-6)  # exact NLL
+  assert signatures["encode"](images=images)["mean"].shape == (2, 0)
+  assert signatures["sample"](num=tf.constant(2), seed=tf.constant(0))["images"].shape == (
+      2, SIZE, SIZE, 1)

@@ -1,0 +1,81 @@
+"""End-to-end tests of bin/train_images.py: outputs, resume, pictures, bad data."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--dataset=npz", "--data_dir=images.npz", "--latent_dim=2", "--enc_channels=4",
+        "--enc_stages=1", "--dec_channels=4", "--kernel_sizes=3,3", "--svi_steps=2",
+        "--batch_size=8", "--warmup=1", "--num_samples=4", "--checkpoint_every=2"]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+
+
+def write_images(directory, size=8, scale=1.0):
+  rng = np.random.default_rng(0)
+  # Grey-level strokes: each image a random horizontal bar, so there is something to learn.
+  def make(n):
+    images = 0.05 * rng.random((n, size, size))
+    rows = rng.integers(0, size, n)
+    images[np.arange(n), rows] = 0.9
+    return (images * scale).astype(np.float32)
+  np.savez(directory / "images.npz", train=make(32), valid=make(8), test=make(8))
+
+
+def run(args, cwd):
+  return subprocess.run([sys.executable, str(ROOT / "bin" / "train_images.py"), *TINY, *args],
+                        cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("mode", ["autoreg", "savae"])
+def test_a_run_writes_metrics_pictures_and_a_loadable_model(tmp_path, mode):
+  write_images(tmp_path)
+  result = run([f"--model={mode}", "--epochs=2", "--num_pictures=3", "--model_dir=run"],
+               tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert [e["epoch"] for e in report["epochs"]] == [1, 2]
+  expected = {"nll_bound", "kl", "iw_nll"} | ({"active_units"} if mode != "autoreg" else set())
+  assert expected <= set(report["test"]) and "ppl_bound" not in report["test"]
+  assert report["flags"]["model"] == mode
+  names = {"samples"} | ({"reconstructions", "traversal"} if mode != "autoreg" else set())
+  assert {p.stem for p in (tmp_path / "run" / "pictures").glob("*.png")} == names
+  samples = tf.io.decode_png(tf.io.read_file(str(tmp_path / "run" / "pictures" / "samples.png")))
+  # Two rows of three 8x8 images with borders, enlarged three times.
+  assert samples.shape == (3 * (2 * 9 + 1), 3 * (3 * 9 + 1), 1)
+  assert list((tmp_path / "run" / "logs" / "pictures").glob("events.*"))
+
+
+def test_a_stopped_run_resumes_to_the_uninterrupted_result(tmp_path):
+  write_images(tmp_path)
+  whole = run(["--epochs=2", "--num_pictures=0", "--model_dir=whole"], tmp_path)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  first = run(["--epochs=1", "--num_pictures=0", "--model_dir=split"], tmp_path)
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = run(["--epochs=2", "--num_pictures=0", "--model_dir=split"], tmp_path)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "Resuming from" in second.stdout
+  expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+  got = json.loads((tmp_path / "split" / "metrics.json").read_text())
+  for name in ("nll_bound", "refined_nll_bound", "kl", "iw_nll"):
+    assert got["test"][name] == pytest.approx(expected["test"][name], rel=1e-5), name
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    (lambda d: write_images(d, scale=255.0), [], r"must lie in [0, 1]"),
+    (lambda d: None, [], "does not exist"),
+    (lambda d: write_images(d), ["--kernel_sizes=4"], "odd"),
+    (lambda d: write_images(d), ["--enc_stages=4"], "downsample"),
+])
+def test_bad_data_and_settings_are_named_before_any_training(tmp_path, setup, args, message):
+  setup(tmp_path)
+  result = run(args + ["--model_dir=run"], tmp_path)
+  assert result.returncode != 0
+  assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert not (tmp_path / "run" / "checkpoints").exists()
