@@ -74,18 +74,28 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 from savae_tf import training
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
+from savae_tf.networks.image import GatedPixelCNN, ResNetEncoder
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
-mode = sys.argv[1]
+domain, mode = sys.argv[1].split(":")
 rng = np.random.default_rng(0)
-data = tf.data.Dataset.from_tensor_slices(
-    {"tokens": rng.integers(1, 12, (64, 7)).astype(np.int32),
-     "lengths": rng.integers(3, 8, 64).astype(np.int32)}).batch(16)
+if domain == "text":
+  data = {"tokens": rng.integers(1, 12, (64, 7)).astype(np.int32),
+          "lengths": rng.integers(3, 8, 64).astype(np.int32)}
+else:
+  data = {"images": (rng.random((64, 6, 6, 1)) < 0.3).astype(np.float32)}
+data = tf.data.Dataset.from_tensor_slices(data).batch(16)
+
+def networks():
+  latent = 0 if mode == "autoreg" else 2
+  if domain == "text":
+    return LSTMDecoder(12, 6, 6, latent), LSTMEncoder(12, 6, 6, 2)
+  return (GatedPixelCNN(latent, channels=4, kernel_sizes=(3, 3), image_shape=(6, 6)),
+          ResNetEncoder(2, channels=4, stages=1, image_shape=(6, 6)))
 
 def run(strategy):
   with strategy.scope():
     keras.utils.set_random_seed(0)
-    model = SemiAmortizedVAE(LSTMDecoder(12, 6, 6, 0 if mode == "autoreg" else 2),
-                             LSTMEncoder(12, 6, 6, 2), mode=mode, latent_dim=2,
+    model = SemiAmortizedVAE(*networks(), mode=mode, latent_dim=2,
                              svi_config=SVIConfig(steps=3))
     # A clip that binds: the whole batch's gradient is clipped, as on one device.
     model.compile(optimizer=training.make_optimizer("sgd", 0.5, 0.5))
@@ -99,14 +109,16 @@ print(json.dumps({"single": single, "mirrored": mirrored, "weight_diff": float(m
 """
 
 
-@pytest.mark.parametrize("mode", ["autoreg", "savae"])
+# Images: the PixelCNN refined from the prior (svi; no BatchNorm, whose per-replica batch
+# statistics would differ from one device's by design).
+@pytest.mark.parametrize("mode", ["text:autoreg", "text:savae", "image:svi"])
 def test_mirrored_on_two_cpus_trains_as_one_device(mode):
   import os, subprocess, sys
   result = subprocess.run([sys.executable, "-c", MIRRORED, mode], capture_output=True, text=True,
                           timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
-  if mode == "autoreg":  # deterministic: the same steps up to float rounding
+  if mode.endswith("autoreg"):  # deterministic: the same steps up to float rounding
     np.testing.assert_allclose(report["mirrored"], report["single"], rtol=1e-6)
     assert report["weight_diff"] < 1e-6
   else:  # each replica draws its own z noise, so the losses agree within Monte Carlo error
