@@ -192,7 +192,6 @@ def test_bad_input_to_the_model_binaries_is_named_without_a_traceback(tmp_path):
        "exactly one of --data and --sentences_file"),
       ("export_savedmodel.py", ["--model_dir=nowhere", "--export_dir=e"], "does not exist"),
       ("generate.py", [f"--model={image_model}", "--num=2"], "is an image model"),
-      ("evaluate.py", [f"--model={image_model}", "--data=synthetic"], "is an image model"),
   ]
   for name, args, message in cases:
     result = run_binary(name, args, tmp_path)

@@ -42,6 +42,12 @@ def image_export(tmp_path_factory):
   return model, export.export(model, None, str(tmp_path_factory.mktemp("images")))
 
 
+@pytest.fixture(scope="module")
+def loaded(image_export):
+  """The export's signatures, loaded once (no code of ours runs in them)."""
+  return tf.saved_model.load(image_export[1]).signatures
+
+
 CALL_ALL = """
 import numpy as np
 import tensorflow as tf
@@ -91,9 +97,8 @@ def test_reloaded_in_a_fresh_process_matches_the_in_memory_model(image_export, t
                                  err_msg=f"{name}/{key}")
 
 
-def test_signatures_and_their_outputs(image_export):
-  _, path = image_export
-  signatures = tf.saved_model.load(path).signatures
+def test_signatures_and_their_outputs(loaded):
+  signatures = loaded
   assert set(signatures.keys()) == SIGNATURES
   images = tf.constant(binary_images(4))
   scores = signatures["score"](images=images, steps=tf.constant(5), num_samples=tf.constant(20))
@@ -119,9 +124,8 @@ def test_signatures_and_their_outputs(image_export):
     (np.full((1, SIZE, SIZE, 1), -0.5), r"image values must lie in \[0, 1\]"),
     (np.full((1, SIZE, SIZE, 1), np.nan), r"image values must lie in \[0, 1\]"),
 ])
-def test_bad_images_are_an_error_that_names_the_problem(image_export, images, message):
-  _, path = image_export
-  signatures = tf.saved_model.load(path).signatures
+def test_bad_images_are_an_error_that_names_the_problem(loaded, images, message):
+  signatures = loaded
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
     signatures["score"](images=tf.constant(images, tf.float32), steps=tf.constant(1),
                         num_samples=tf.constant(2))
