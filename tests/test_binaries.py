@@ -15,7 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # "{images}" a tiny .npz of images.
 SMOKE_RUNS = {
     "refine_demo.py": (["--svi_steps=3", "--batch_size=4"], "relative difference to unrolled"),
-    "train_synthetic.py": (["--model=all", "--generator=both", "--epochs=1", "--num_train=32",
+    # The learned generator here; the oracle's runs in test_train_synthetic_writes_metrics_json.
+    "train_synthetic.py": (["--model=all", "--generator=learned", "--epochs=1", "--num_train=32",
                             "--num_test=10", "--num_samples=5", "--svi_steps=2",
                             "--model_dir=run", "--export_dir=exp"], "| savae |"),
     "export_savedmodel.py": (["--model_dir={model}", "--export_dir=exp"],
@@ -28,7 +29,7 @@ SMOKE_RUNS = {
                        "--dec_word_dim=4", "--dec_h_dim=4", "--latent_dim=2", "--epochs=1",
                        "--num_samples=2", "--model_dir=run", "--export_dir=exp"],
                       "SavedModel written to exp/1"),
-    "train_images.py": (["--dataset=npz", "--data_dir={images}", "--model=savae", "--latent_dim=2",
+    "train_images.py": (["--dataset=npz", "--data_dir={images}", "--model=vae", "--latent_dim=2",
                          "--enc_channels=4", "--enc_stages=1", "--dec_channels=4",
                          "--kernel_sizes=3,3", "--svi_steps=2", "--epochs=1", "--batch_size=10",
                          "--num_samples=3", "--num_pictures=3", "--model_dir=run",

@@ -33,7 +33,7 @@ def run(args, cwd):
                         cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("mode", ["autoreg", "savae"])
+@pytest.mark.parametrize("mode", ["autoreg", "savae"])  # the PixelCNN, and a latent model
 def test_a_run_writes_metrics_pictures_and_a_loadable_model(tmp_path, mode):
   write_images(tmp_path)
   result = run([f"--model={mode}", "--epochs=2", "--num_pictures=3", "--model_dir=run"],
