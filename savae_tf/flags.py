@@ -51,6 +51,24 @@ def define_training_flags(epochs: int, optimizer: str, learning_rate: float, war
                        lower_bound=0)
 
 
+def define_run_flags(presets):
+  """The flags of a resumable training run (train_text.py, train_images.py): its directory,
+  checkpoints, export, distribution strategy, and a --preset among `presets`."""
+  flags.DEFINE_integer("checkpoint_every", 500, "Also checkpoint every N steps (0: epochs only).",
+                       lower_bound=0)
+  flags.DEFINE_string("model_dir", None, "The run's directory (resumes if it has checkpoints).",
+                      required=True)
+  flags.register_validator("model_dir", training.validate_model_dir,
+                           message="--model_dir names an existing file; give a directory.")
+  flags.DEFINE_string("export_dir", None, "If set, the best model is exported there as a "
+                      "SavedModel (<export_dir>/<version>).")
+  flags.DEFINE_enum("strategy", "default", training.STRATEGIES,
+                    "tf.distribute strategy: one device, all local devices (mirrored), or the "
+                    "cluster in TF_CONFIG (multi_worker).")
+  flags.DEFINE_enum("preset", None, list(presets), "The paper's recipe in one word; flags given "
+                    "explicitly still win.")
+
+
 def define_seed_flag():
   flags.DEFINE_integer("seed", 3435, "Random seed; a run on CPU with the same seed repeats.")
 
