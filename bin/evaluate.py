@@ -36,8 +36,8 @@ flags.DEFINE_string("sentences_file", None, "A text file, one sentence per line.
 flags.DEFINE_integer("num_test", 1000, "Sentences of the synthetic test split.", lower_bound=1)
 flags.DEFINE_integer("svi_steps", 20, "Test-time refinement steps K.", lower_bound=0)
 flags.DEFINE_integer("num_samples", 500, "Importance samples for iw_nll.", lower_bound=1)
-flags.DEFINE_integer("batch_size", 32, "Sentences per batch; keep the training batch size (the "
-                     "refiner's step is per batch mean).", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Sentences per batch (speed and memory only: no number "
+                     "depends on it).", lower_bound=1)
 flags.DEFINE_string("output", None, "The metrics JSON (default: eval_metrics.json in a model "
                     "directory, or in the current directory for a SavedModel).")
 flags.register_multi_flags_validator(
@@ -72,7 +72,7 @@ def main(_):
                          "take images (export/README.md).")
   try:
     report = evaluate_sentences(signatures, sentences, FLAGS.batch_size, FLAGS.svi_steps,
-                                FLAGS.num_samples, seed=FLAGS.seed)
+                                FLAGS.num_samples)
   except tf.errors.InvalidArgumentError as error:
     sys.exit(f"error: the model rejected the data: {export.error_message(error)}")
   saved_model = tf.saved_model.contains_saved_model(export.latest_version(FLAGS.model))

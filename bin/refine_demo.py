@@ -41,11 +41,9 @@ def main(_):
 
   def loss_fn(mean, logvar, step):  # one-sample negative ELBO, noise keyed by the step
     z = distributions.sample(mean, logvar, distributions.step_seed([FLAGS.seed, 1], step))
-    return tf.reduce_mean(-decoder.log_likelihood(x, z)
-                          + distributions.kl_to_prior(mean, logvar))
+    return -decoder.log_likelihood(x, z) + distributions.kl_to_prior(mean, logvar)
 
-  settings = dict(lr=FLAGS.svi_lr, momentum=FLAGS.momentum,
-                  max_grad_norm=savae_flags.svi_max_grad_norm(FLAGS.svi_max_grad_norm))
+  settings = savae_flags.svi_settings()
   print(f"-log p(x), exact, mean over the batch: {-np.mean(decoder.log_marginal(x)):.4f} nats")
   for k in range(FLAGS.svi_steps + 1):
     mean_k, logvar_k = refine(loss_fn, mean0, logvar0, k, gradient="none", **settings)

@@ -66,8 +66,8 @@ FLAGS = flags.FLAGS
 
 # The paper's OMNIGLOT recipe (paper.md 8.3).
 PRESETS = {"omniglot": dict(optimizer="adam", learning_rate=1e-3, max_grad_norm=5.0,
-                            batch_size=50, epochs=100, warmup=10, svi_steps=20, svi_lr=1.0,
-                            momentum=0.5, svi_max_grad_norm=5.0, latent_dim=32, enc_channels=64,
+                            batch_size=50, epochs=100, warmup=10, svi_steps=20,
+                            svi_step_scale="batch_mean", svi_lr=1.0, momentum=0.5, svi_max_grad_norm=5.0, latent_dim=32, enc_channels=64,
                             enc_stages=3, dec_channels=32,
                             kernel_sizes=[str(k) for k in PAPER_KERNEL_SIZES],
                             latent_feature_maps=4, num_valid=2000)}

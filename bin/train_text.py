@@ -73,7 +73,8 @@ FLAGS = flags.FLAGS
 # The paper's Yahoo recipe (paper.md 8.2).
 PRESETS = {"yahoo": dict(optimizer="sgd", learning_rate=1.0, max_grad_norm=5.0, init_scale=0.1,
                          batch_size=32, decay_from_epoch=15, warmup=10, svi_steps=20,
-                         svi_lr=1.0, momentum=0.5, svi_max_grad_norm=5.0, epochs=30,
+                         svi_step_scale="batch_mean", svi_lr=1.0, momentum=0.5,
+                         svi_max_grad_norm=5.0, epochs=30,
                          enc_word_dim=512, enc_h_dim=1024, dec_word_dim=512, dec_h_dim=1024,
                          latent_dim=32, dropout=0.5, max_length=200, max_vocab=70000,
                          min_count=1)}

@@ -1,79 +1,113 @@
 """Evaluation of a trained model on a data set into one report of named metrics.
 
-The names are the project's (DESIGN.md): `nll_bound` (amortized -ELBO, nats per example),
+The names are the project's: `nll_bound` (amortized -ELBO, nats per example),
 `refined_nll_bound` (after `svi_steps` test-time SVI steps), `kl`, `iw_nll` (importance-weighted,
 `num_samples` samples, proposal q at the refined posterior), `ppl`, `ppl_bound`, `mi`,
 `active_units`. Evaluation uses KL weight 1, no dropout, and a stopped refinement gradient.
+
+Both entry points, a Keras model (`evaluate`) and exported signatures (`evaluate_sentences`),
+score batches into per-example rows and reduce them with one function (`report`). Every row
+depends on its example alone (per-example refinement, noise keyed by the example), and `mi` and
+`active_units` are computed over the whole set, so the report does not depend on the batching.
 """
 
-import collections
-import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from savae_tf import objectives
 
+PER_EXAMPLE = ("nll_bound", "refined_nll_bound", "kl", "iw_nll")
+
+
+def report(rows: Mapping[str, np.ndarray], text: bool,
+           active_unit_threshold: float = 0.01) -> Dict[str, float]:
+  """The metrics of a data set from its per-example rows.
+
+  `rows` holds [N] arrays for any of `PER_EXAMPLE`, `tokens` (predicted tokens per example;
+  text), and [N, latent] `mean`, `logvar` (the posterior the statistics are about) and `z` (one
+  draw from it per example) for models with a latent.
+  """
+  result = {name: float(np.mean(rows[name], dtype=np.float64)) for name in PER_EXAMPLE
+            if name in rows}
+  if text:
+    tokens = max(float(np.sum(rows["tokens"], dtype=np.float64)), 1.0)
+    bound = rows.get("refined_nll_bound", rows["nll_bound"])
+    result["ppl_bound"] = float(np.exp(np.sum(bound, dtype=np.float64) / tokens))
+    if "iw_nll" in rows:
+      result["ppl"] = float(np.exp(np.sum(rows["iw_nll"], dtype=np.float64) / tokens))
+  if "mean" in rows and rows["mean"].shape[-1]:
+    mean, logvar, z = (tf.constant(rows[name], tf.float64) for name in ("mean", "logvar", "z"))
+    result["mi"] = float(objectives.mutual_information(mean, logvar, z))
+    variance = np.var(rows["mean"].astype(np.float64), axis=0)
+    result["active_units"] = int(objectives.active_units(variance, active_unit_threshold))
+  return result
+
+
+def _gather(batches) -> Dict[str, np.ndarray]:
+  """Per-example rows of several scored batches, concatenated."""
+  rows = {}
+  for batch in batches:
+    for name, value in batch.items():
+      rows.setdefault(name, []).append(np.asarray(value))
+  return {name: np.concatenate(values) for name, values in rows.items()}
+
 
 def evaluate(model, dataset, svi_steps: Optional[int] = None,
              num_samples: int = 500) -> Dict[str, float]:
-  """Runs `model.evaluate` with the given test-time K and importance sample count."""
+  """The report of `model` (a SemiAmortizedVAE) on `dataset`, with test-time K `svi_steps`
+  (default: the model's) and `num_samples` importance samples (0 skips `iw_nll`). Refining modes
+  report `refined_nll_bound` and use the refined posterior for `iw_nll`, `mi`, `active_units`."""
   if num_samples < 0:
     raise ValueError(f"num_samples must be >= 0 (0 skips iw_nll); got {num_samples}.")
-  if svi_steps is not None:
-    if svi_steps < 0:
-      raise ValueError(f"svi_steps must be >= 0; got {svi_steps}.")
-    model.test_svi_steps = svi_steps
-  model.eval_num_samples = num_samples
-  model.test_function = None  # the settings above are baked into the traced test step
-  results = model.evaluate(dataset, verbose=0, return_dict=True)
-  report = {name: float(value) for name, value in results.items()}
+  steps = model.test_svi_steps if svi_steps is None else svi_steps
+  if steps < 0:
+    raise ValueError(f"svi_steps must be >= 0; got {steps}.")
+  names = PER_EXAMPLE + ("tokens", "mean", "logvar", "z")
+
+  @tf.function(input_signature=[dataset.element_spec])
+  def score(data):
+    out = model.score(data, tf.constant(steps), num_samples, refine=model.refines)
+    if not model.refines:
+      out.pop("refined_nll_bound")
+    return {name: out[name] for name in names if name in out}
+
+  rows = _gather(score(data) for data in dataset)
+  if not rows:
+    raise ValueError("The evaluation data set is empty.")
+  result = report(rows, model.decoder.data_kind == "text", model.active_unit_threshold)
   if num_samples:
-    report["iw_num_samples"] = num_samples
-  report["svi_steps"] = model.test_svi_steps
-  return report
+    result["iw_num_samples"] = num_samples
+  result["svi_steps"] = steps
+  return result
 
 
 def evaluate_sentences(signatures, sentences: Sequence[str], batch_size: int = 32,
                        svi_steps: int = 20, num_samples: int = 500,
-                       active_unit_threshold: float = 0.01, seed: int = 0) -> Dict[str, float]:
-  """The report above for raw sentences, through the exported signatures (a loaded SavedModel's
-  `signatures`, or `export.load_signatures` of a model directory).
+                       active_unit_threshold: float = 0.01) -> Dict[str, float]:
+  """The report above for raw sentences, through the exported `score` signature (a loaded
+  SavedModel's `signatures`, or `export.load_signatures` of a model directory).
 
-  Differences from `evaluate`: `refined_nll_bound` is reported for every model with a latent (a
-  VAE is refined at test time too), and `ppl_bound` is computed from it; `mi` and
-  `active_units` use the refined posterior. Keep `batch_size` at the training batch size: the
-  refiner's step is per batch mean.
+  `refined_nll_bound` is reported for every model with a latent (a VAE is refined at test time
+  too; `svi_steps=0` gives a VAE's training-binary numbers), and `ppl_bound` is computed from it.
+  `batch_size` changes only speed and memory, never a number.
   """
   if not sentences:
     raise ValueError("No sentences to evaluate.")
   if svi_steps < 0 or num_samples < 1 or batch_size < 1:
     raise ValueError("Need svi_steps >= 0, num_samples >= 1 and batch_size >= 1.")
-  sums = collections.defaultdict(float)
-  means, mi_total = [], 0.0
   steps, samples = tf.constant(svi_steps), tf.constant(num_samples)
-  for index, start in enumerate(range(0, len(sentences), batch_size)):
-    batch = tf.constant(list(sentences[start:start + batch_size]))
-    scores = signatures["score"](sentences=batch, steps=steps, num_samples=samples)
-    for name in ("nll_bound", "refined_nll_bound", "kl", "iw_nll", "num_tokens"):
-      sums[name] += float(tf.reduce_sum(tf.cast(scores[name], tf.float64)))
-    encoded = signatures["encode"](sentences=batch)
-    if encoded["mean"].shape[-1]:
-      refined = signatures["refine"](sentences=batch, mean=encoded["mean"],
-                                     logvar=encoded["logvar"], steps=steps)
-      means.append(refined["mean"])
-      mi_total += float(objectives.mutual_information(
-          refined["mean"], refined["logvar"], tf.constant([seed, index]))) * len(batch)
-  count = len(sentences)
-  report = {name: sums[name] / count for name in ("nll_bound", "refined_nll_bound", "kl",
-                                                   "iw_nll")}
-  tokens = max(sums["num_tokens"], 1.0)
-  report["ppl_bound"] = math.exp(sums["refined_nll_bound"] / tokens)
-  report["ppl"] = math.exp(sums["iw_nll"] / tokens)
-  if means:
-    report["mi"] = mi_total / count
-    variance = tf.math.reduce_variance(tf.concat(means, 0), axis=0)
-    report["active_units"] = int(objectives.active_units(variance, active_unit_threshold))
-  report.update(num_sentences=count, num_tokens=int(sums["num_tokens"]),
+
+  def batches():
+    for start in range(0, len(sentences), batch_size):
+      out = signatures["score"](sentences=tf.constant(list(sentences[start:start + batch_size])),
+                                steps=steps, num_samples=samples)
+      out["tokens"] = out.pop("num_tokens")
+      yield out
+
+  rows = _gather(batches())
+  result = report(rows, True, active_unit_threshold)
+  result.update(num_sentences=len(sentences), num_tokens=int(np.sum(rows["tokens"])),
                 svi_steps=svi_steps, iw_num_samples=num_samples)
-  return report
+  return result

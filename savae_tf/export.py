@@ -83,8 +83,11 @@ class ModelExport(tf.Module):
     raise NotImplementedError
 
   def score_outputs(self, out):
+    batch = tf.shape(out["nll_bound"])[0]
+    empty = tf.zeros([batch, 0])  # the language model has no latent
     return {"nll_bound": out["nll_bound"], "refined_nll_bound": out["refined_nll_bound"],
-            "kl": out["kl"], "iw_nll": out["iw_nll"]}
+            "kl": out["kl"], "iw_nll": out["iw_nll"], "mean": out.get("mean", empty),
+            "logvar": out.get("logvar", empty), "z": out.get("z", empty)}
 
   def refined_mean(self, inputs, steps):
     """The posterior mean after `steps` refinement steps from the encoder's proposal."""

@@ -12,16 +12,29 @@ from savae_tf import svi
 from savae_tf import training
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 
+# The refiner's default step size per convention. per_example: chosen on the synthetic
+# experiment's validation set (RESULTS.md); batch_mean: the paper's.
+DEFAULT_SVI_LR = {"per_example": 0.03, "batch_mean": 1.0}
+
 
 def define_svi_flags():
   """The refiner's settings (train and test time)."""
   flags.DEFINE_integer("svi_steps", 20, "Refinement steps K (0 = no refinement).", lower_bound=0)
-  flags.DEFINE_float("svi_lr", 1.0, "Refinement step size, for both mean and logvar.")
+  flags.DEFINE_enum(
+      "svi_step_scale", "per_example", svi.STEP_SCALES,
+      "The refiner's convention. 'per_example': each example moves by svi_lr times its own "
+      "gradient, clipped by its own norm, so no example depends on its batch. 'batch_mean': the "
+      "paper's (the objective is the batch mean, so each example moves by svi_lr / batch of its "
+      "gradient, and the clip norm is over the whole batch); for reproducing its numbers. "
+      "Evaluation and exported models always refine per example (batch_mean models with "
+      "svi_lr / batch_size and a clip of svi_max_grad_norm * batch_size).")
+  flags.DEFINE_float("svi_lr", None, "Refinement step size, for both mean and logvar (default: "
+                     + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_SVI_LR.items()) + ").")
   flags.DEFINE_float("momentum", 0.5, "Heavy-ball momentum of the refinement.")
   flags.DEFINE_float(
       "svi_max_grad_norm", 5.0,
-      "The refiner's clip: L2 norm (over the whole batch) of the mean and logvar gradients, "
-      "clipped separately; <= 0 disables it.")
+      "The refiner's clip: L2 norm of the mean and logvar gradients, clipped separately, per "
+      "example (or over the whole batch with --svi_step_scale=batch_mean); <= 0 disables it.")
   flags.DEFINE_enum(
       "refine_gradient", "reverse", svi.GRADIENT_MODES,
       "How gradients flow through the refinement: 'unrolled' (exact, memory grows with K), "
@@ -78,6 +91,19 @@ def svi_max_grad_norm(value: float):
   return value if value > 0 else None
 
 
+def svi_lr() -> float:
+  """--svi_lr, or the default of --svi_step_scale's convention."""
+  f = flags.FLAGS
+  return DEFAULT_SVI_LR[f.svi_step_scale] if f.svi_lr is None else f.svi_lr
+
+
+def svi_settings() -> Dict[str, Any]:
+  """The refiner's keyword arguments of `savae_tf.refine` from the flags."""
+  f = flags.FLAGS
+  return dict(lr=svi_lr(), momentum=f.momentum,
+              max_grad_norm=svi_max_grad_norm(f.svi_max_grad_norm), step_scale=f.svi_step_scale)
+
+
 def apply_preset(presets: Dict[str, Dict[str, Any]]):
   """Sets the flags of preset --preset (if any) that were not given on the command line."""
   for name, value in presets.get(flags.FLAGS.preset, {}).items():
@@ -90,9 +116,9 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int,
   """The training binaries' model: the refiner, warm-up, seed and optimizer from the shared
   flags, compiled (build it inside the distribution strategy's scope)."""
   f = flags.FLAGS
-  svi_config = SVIConfig(steps=f.svi_steps, lr=f.svi_lr, momentum=f.momentum,
-                         max_grad_norm=svi_max_grad_norm(f.svi_max_grad_norm),
-                         gradient=f.refine_gradient)
+  batch_mean = f.svi_step_scale == "batch_mean"
+  svi_config = SVIConfig(steps=f.svi_steps, gradient=f.refine_gradient,
+                         batch_size=f.batch_size if batch_mean else None, **svi_settings())
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=latent_dim,
                            svi_config=svi_config, test_svi_steps=f.test_svi_steps,
                            kl_warmup_steps=f.warmup * steps_per_epoch, seed=f.seed)

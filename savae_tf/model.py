@@ -1,11 +1,17 @@
 """SemiAmortizedVAE: every training variant of Kim et al. (2018) as one keras.Model.
 
-The objective everywhere is the batch mean of the per-example negative ELBO,
+The objective is the per-example negative ELBO,
 
-    f(lambda, theta, x) = mean_b[ -log p_theta(x_b | z_b) + beta * KL(q(z; lambda_b) || p(z)) ],
+    f_b(lambda_b, theta) = -log p_theta(x_b | z_b) + beta * KL(q(z; lambda_b) || p(z)),
 
-with z = mean + exp(logvar / 2) * eps. Batch means, not sums, are the paper's convention: they set
-the refiner's effective step size (each example moves by lr / batch of its own gradient).
+with z_b = mean_b + exp(logvar_b / 2) * eps_b. The optimizer's losses are its batch means; the
+refiner moves each example by its own gradient (`SVIConfig.step_scale`, "per_example") or, the
+paper's convention, by lr / batch of it ("batch_mean").
+
+Noise: training draws from one stateless stream per batch (keyed by the optimizer's step, so a
+resumed run repeats it); evaluation (`test_step`, `score`, `refine_for_evaluation`, and so every
+exported signature) keys every draw by the example's own content (`distributions.ExampleSeeds`)
+and refines per example, so an example's numbers do not depend on the batch it is in.
 
 Modes (what each trains, and by which loss):
   autoreg     decoder only, no latent: exact NLL (the LSTM language model).
@@ -42,6 +48,8 @@ class SVIConfig:
   momentum: float = 0.5
   max_grad_norm: Optional[float] = 5.0
   gradient: str = "reverse"
+  step_scale: str = "per_example"
+  batch_size: Optional[int] = None  # batch_mean: the training batch size
 
   def __post_init__(self):
     if self.steps < 0:
@@ -49,11 +57,32 @@ class SVIConfig:
     if self.gradient not in svi.GRADIENT_MODES:
       raise ValueError(f"Unknown refine gradient {self.gradient!r}; expected one of "
                        f"{svi.GRADIENT_MODES}.")
+    if self.step_scale not in svi.STEP_SCALES:
+      raise ValueError(f"Unknown SVI step_scale {self.step_scale!r}; expected one of "
+                       f"{svi.STEP_SCALES}.")
+    if self.step_scale == "batch_mean" and not (self.batch_size and self.batch_size > 0):
+      raise ValueError("step_scale 'batch_mean' needs the training batch_size (>= 1), which "
+                       "sets the per-example step at evaluation.")
+
+  def per_example_equivalent(self) -> "SVIConfig":
+    """The per-example refiner that evaluation uses for a model trained with these settings.
+
+    batch_mean at step lr and clip c with batches of B moves each example by lr / B of its own
+    gradient, and its clip over the [B, latent] block binds only where one example's gradient
+    norm exceeds c * B: so lr / B and a per-example clip of c * B (equal when no clip binds).
+    """
+    if self.step_scale == "per_example":
+      return self
+    return dataclasses.replace(
+        self, step_scale="per_example", batch_size=None, lr=self.lr / self.batch_size,
+        max_grad_norm=None if self.max_grad_norm is None
+        else self.max_grad_norm * self.batch_size)
 
   def refine(self, loss_fn, mean, logvar, steps=None, gradient=None, inputs=None):
     return svi.refine(loss_fn, mean, logvar, self.steps if steps is None else steps,
                       lr=self.lr, momentum=self.momentum, max_grad_norm=self.max_grad_norm,
-                      gradient=gradient or self.gradient, inputs=inputs)
+                      gradient=gradient or self.gradient, inputs=inputs,
+                      step_scale=self.step_scale)
 
 
 class Observation(NamedTuple):
@@ -62,7 +91,11 @@ class Observation(NamedTuple):
   decoder_inputs: tf.Tensor  # what `decoder.prepare` takes: tokens or images
   targets: tf.Tensor  # text: tokens[:, 1:]; images: the images
   mask: Optional[tf.Tensor]  # text: which targets are real; images: None (every pixel is)
-  content: tf.Tensor  # the batch as int64 values, which keys evaluation noise
+  content: tf.Tensor  # each example as integers (tokens, pixel levels), which key its noise
+
+  def example_seeds(self, *words) -> distributions.ExampleSeeds:
+    """Noise keys of each example's own content (padding excluded), folded with `words`."""
+    return distributions.ExampleSeeds.of_content(self.content, self.mask, words)
 
   def nll(self, logits):
     """-log p(x | z) per example from the decoder's logits: categorical over masked tokens, or
@@ -95,50 +128,15 @@ def observe(data, kind: str) -> Observation:
                        f"got keys {sorted(data)}.")
     images = data["images"]
     return Observation((images,), images, images, None,
-                       tf.cast(tf.round(images * 255.0), tf.int64))
+                       tf.cast(tf.round(images * 255.0), tf.int32))
   if "tokens" not in data or "lengths" not in data:
     raise ValueError(f"A text model needs batches {{'tokens', 'lengths'}}; got keys "
                      f"{sorted(data)}.")
   tokens, lengths = data["tokens"], data["lengths"]
   targets = tokens[:, 1:]
-  return Observation((tokens, lengths), tokens, targets,
-                     objectives.target_mask(lengths, tf.shape(targets)[1]),
-                     tf.cast(tokens, tf.int64))
-
-
-def global_batch_size(local_batch):
-  """Examples in the step's whole batch: the local batch summed over tf.distribute replicas.
-
-  Losses are sums over the local examples divided by this, so that the replicas' gradients,
-  which the optimizer sums, add up to the gradient of the whole batch's mean, and the refiner
-  moves each example by lr / (whole batch), exactly as on one device.
-  """
-  local_batch = tf.cast(local_batch, tf.float32)
-  context = tf.distribute.get_replica_context()
-  if context is None or context.num_replicas_in_sync == 1:
-    return local_batch
-  return context.all_reduce(tf.distribute.ReduceOp.SUM, local_batch)
-
-
-class _VarianceOfMeans(keras.metrics.Metric):
-  """Per-dimension variance, over the data, of the posterior means (for active units)."""
-
-  def __init__(self, latent_dim, threshold, name="active_units", **kwargs):
-    super().__init__(name=name, **kwargs)
-    self.threshold = threshold
-    self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-    self.total = self.add_variable(shape=(latent_dim,), initializer="zeros", name="total")
-    self.total_sq = self.add_variable(shape=(latent_dim,), initializer="zeros", name="total_sq")
-
-  def update_state(self, mean):
-    self.count.assign_add(tf.cast(tf.shape(mean)[0], self.dtype))
-    self.total.assign_add(tf.reduce_sum(mean, 0))
-    self.total_sq.assign_add(tf.reduce_sum(tf.square(mean), 0))
-
-  def result(self):
-    count = tf.maximum(self.count, 1.0)
-    variance = self.total_sq / count - tf.square(self.total / count)
-    return tf.cast(objectives.active_units(variance, self.threshold), self.dtype)
+  # The targets and their mask: every token but <s>, which is the same in every sentence.
+  mask = objectives.target_mask(lengths, tf.shape(targets)[1])
+  return Observation((tokens, lengths), tokens, targets, mask, targets)
 
 
 class SemiAmortizedVAE(keras.Model):
@@ -160,6 +158,10 @@ class SemiAmortizedVAE(keras.Model):
         beta weights the KL inside the refinement too; evaluation always uses beta = 1.
       test_svi_steps: K at evaluation (default: the training K).
       eval_num_samples: importance samples for `iw_nll` in `evaluate` (0: skip it).
+
+    `evaluate` reports the per-example means (`nll_bound`, `refined_nll_bound`, `kl`, `iw_nll`)
+    and `ppl_bound`/`ppl`; the data-set statistics `mi` and `active_units` need the whole set at
+    once and come from `savae_tf.evaluate.evaluate`.
     """
     super().__init__(**kwargs)
     if mode not in MODES:
@@ -182,12 +184,10 @@ class SemiAmortizedVAE(keras.Model):
     names = ["loss", "nll_bound", "kl"] + (["refined_nll_bound"] if self.refines else [])
     self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
     self.eval_trackers = {name: keras.metrics.Mean(name=name) for name in
-                          ["nll_bound", "kl", "mi", "iw_nll"]
+                          ["nll_bound", "kl", "iw_nll"]
                           + (["refined_nll_bound"] if self.refines else [])}
     self.totals = {name: keras.metrics.Sum(name=name) for name in
                    ["bound_total", "iw_total", "tokens"]}
-    self.variance_of_means = (_VarianceOfMeans(latent_dim, active_unit_threshold)
-                              if self.latent_dim else None)
     self.built = True
 
   def get_config(self):
@@ -212,8 +212,7 @@ class SemiAmortizedVAE(keras.Model):
   @property
   def metrics(self):
     return (list(self.trackers.values()) + list(self.eval_trackers.values())
-            + list(self.totals.values())
-            + ([self.variance_of_means] if self.variance_of_means else []))
+            + list(self.totals.values()))
 
   # --- The objective. ---
 
@@ -228,10 +227,12 @@ class SemiAmortizedVAE(keras.Model):
     return observe(data, self.decoder.data_kind)
 
   def negative_elbo_terms(self, context, obs, mean, logvar, seed, training):
-    """(-log p(x | z), KL) per example at lambda = (mean, logvar), one z drawn from `seed`."""
-    z_seed, dropout_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    """(-log p(x | z), KL) per example at lambda = (mean, logvar), one z drawn from `seed`
+    (dropout masks too, when training)."""
+    z_seed, dropout_seed = distributions.split(seed, 2)
     z = distributions.sample(mean, logvar, z_seed)
-    logits = self.decoder.logits(context, z, training=training, seed=dropout_seed)
+    logits = self.decoder.logits(context, z, training=training,
+                                 seed=dropout_seed if training else None)
     return obs.nll(logits), distributions.kl_to_prior(mean, logvar)
 
   def initial_params(self, obs: Observation, training=False):
@@ -244,21 +245,25 @@ class SemiAmortizedVAE(keras.Model):
   @staticmethod
   def split_seed(seed):
     """(seed for lambda_0's z, for lambda_K's z, for the refinement steps)."""
-    return tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    return distributions.split(seed, 3)
 
   def refine_posterior(self, context, obs, mean0, logvar0, steps, gradient, seed, training,
                        kl_weight):
-    """lambda_K: `steps` SVI steps on f from lambda_0; step k's z and dropout from seed and k."""
-    batch = global_batch_size(tf.shape(obs.targets)[0])
+    """lambda_K: `steps` SVI steps on f from lambda_0; step k's z and dropout from seed and k.
+
+    Training refines with `svi_config`; evaluation with its per-example equivalent, so that no
+    example's refinement depends on its batch.
+    """
+    config = self.svi_config if training else self.svi_config.per_example_equivalent()
 
     def loss_fn(mean, logvar, step, inputs):
       nll, kl = self.negative_elbo_terms(inputs[0], obs, mean, logvar,
                                          distributions.step_seed(seed, step), training)
-      return tf.reduce_sum(nll + kl_weight * kl) / batch
+      return nll + kl_weight * kl
 
     # The decoder's z-independent work (`context`) is computed once and handed to the refiner
     # as an input, so the reverse sweep returns its gradient too.
-    return self.svi_config.refine(loss_fn, mean0, logvar0, steps, gradient, inputs=[context])
+    return config.refine(loss_fn, mean0, logvar0, steps, gradient, inputs=[context])
 
   def forward(self, data, seed, training, kl_weight, steps, gradient, refine=None):
     """Everything one batch needs: a dict of per-example terms and the losses to minimise.
@@ -270,9 +275,11 @@ class SemiAmortizedVAE(keras.Model):
     context = self.decoder.prepare(obs.decoder_inputs, training=training)
     out = {"tokens": obs.units()}
     seed_0, seed_k, seed_refine = self.split_seed(seed)
-    batch = global_batch_size(tf.shape(obs.targets)[0])
+    # Over the whole batch, across tf.distribute replicas: the replicas' gradients, which the
+    # optimizer sums, then add up to the gradient of the whole batch's mean.
+    batch = svi.global_batch_size(tf.shape(obs.targets)[0])
 
-    def batch_mean(values):  # over the whole batch, across replicas
+    def batch_mean(values):
       return tf.reduce_sum(values) / batch
 
     if self.mode == "autoreg":
@@ -359,26 +366,14 @@ class SemiAmortizedVAE(keras.Model):
     return {name: tracker.result() for name, tracker in self.trackers.items()}
 
   def test_step(self, data):
-    seed = self._evaluation_seed(data, 1)
-    out = self.forward(data, seed, False, tf.constant(1.0), self.test_svi_steps, "none")
-    batch = tf.shape(out["nll_bound"])[0]
-    best = out.get("refined_nll_bound", out["nll_bound"])
-    self.eval_trackers["nll_bound"].update_state(out["nll_bound"])
-    self.eval_trackers["kl"].update_state(out["kl"])
-    if self.refines:
-      self.eval_trackers["refined_nll_bound"].update_state(out["refined_nll_bound"])
-    self.totals["bound_total"].update_state(tf.reduce_sum(best))
+    out = self.score(data, self.test_svi_steps, self.eval_num_samples, refine=self.refines)
+    for name, tracker in self.eval_trackers.items():
+      if name in out:
+        tracker.update_state(out[name])
+    self.totals["bound_total"].update_state(tf.reduce_sum(out["refined_nll_bound"]))
     self.totals["tokens"].update_state(tf.reduce_sum(out["tokens"]))
-    if self.latent_dim:
-      mean, logvar = out.get("mean", out["mean0"]), out.get("logvar", out["logvar0"])
-      self.eval_trackers["mi"].update_state(
-          objectives.mutual_information(mean, logvar, self._evaluation_seed(data, 2)),
-          sample_weight=tf.cast(batch, tf.float32))
-      self.variance_of_means.update_state(mean)
-    if self.eval_num_samples:
-      iw = self.iw_nll(data, out, self.eval_num_samples)
-      self.eval_trackers["iw_nll"].update_state(iw)
-      self.totals["iw_total"].update_state(tf.reduce_sum(iw))
+    if "iw_nll" in out:
+      self.totals["iw_total"].update_state(tf.reduce_sum(out["iw_nll"]))
     return self.evaluation_results()
 
   def iw_nll(self, data, out, num_samples):
@@ -397,55 +392,58 @@ class SemiAmortizedVAE(keras.Model):
       return -tf.reshape(obs.tiled(samples).nll(logits), [samples, batch])
 
     return -objectives.iw_log_likelihood(log_likelihood, mean, logvar, num_samples,
-                                         self._evaluation_seed(data, 3),
+                                         self.evaluation_seed(obs, 3),
                                          self._iw_chunk_size(obs.targets))
 
   def _iw_chunk_size(self, targets, max_floats: int = 2**25, max_chunk: int = 50):
     """Samples per importance-sampling chunk: at most `max_chunk`, and few enough that one
     chunk's decoder outputs (chunk x targets x `decoder.floats_per_target` floats: the logits of
     a text decoder) stay under `max_floats` (128 MiB), so a batch of 1,000 sentences does not
-    run out of memory."""
+    run out of memory. (Samples are keyed by their number, so the chunking changes no draw.)"""
     per_sample = tf.size(targets, out_type=tf.int64) * self.decoder.floats_per_target
     return tf.cast(tf.clip_by_value(max_floats // tf.maximum(per_sample, 1), 1, max_chunk),
                    tf.int32)
 
-  def score(self, data, steps, num_samples):
-    """Per-example evaluation of one batch, deterministic given the batch.
+  def score(self, data, steps, num_samples, refine=None):
+    """Per-example evaluation of one batch: each row depends on that example alone.
 
     Returns the forward dict with `nll_bound` (amortized), `refined_nll_bound` (after `steps`
-    test-time SVI steps; every mode with a latent refines here, a VAE too), `kl` (at the refined
-    posterior), `iw_nll` (`num_samples` importance samples, proposal q at the refined posterior)
-    and `tokens` (predicted tokens, or pixels, per example). The autoregressive baseline's three
-    NLLs are its exact NLL.
+    test-time SVI steps; with `refine` None every mode with a latent refines here, a VAE too),
+    `kl` (at the refined posterior), `mean`, `logvar` (the refined posterior), `z` (one draw from
+    it, for the mutual information), `iw_nll` (`num_samples` importance samples, proposal q at
+    the refined posterior; skipped when `num_samples` is the Python int 0) and `tokens`
+    (predicted tokens, or pixels, per example). The autoregressive baseline's three NLLs are its
+    exact NLL.
     """
-    out = self.forward(data, self._evaluation_seed(data, 1), False, tf.constant(1.0), steps,
-                       "none", refine=self.latent_dim > 0)
+    obs = self.observe(data)
+    refine = self.latent_dim > 0 if refine is None else refine
+    out = self.forward(data, self.evaluation_seed(obs, 1), False, tf.constant(1.0), steps,
+                       "none", refine=refine)
     out.setdefault("refined_nll_bound", out["nll_bound"])
-    out["iw_nll"] = self.iw_nll(data, out, num_samples)
+    if self.latent_dim:
+      out.setdefault("mean", out["mean0"])
+      out.setdefault("logvar", out["logvar0"])
+      out["z"] = distributions.sample(out["mean"], out["logvar"], self.evaluation_seed(obs, 2))
+    if not (isinstance(num_samples, int) and num_samples == 0):
+      out["iw_nll"] = self.iw_nll(data, out, num_samples)
     return out
 
   def refine_for_evaluation(self, data, mean, logvar, steps):
-    """lambda_K from a given lambda_0, with the noise `score` uses for this batch."""
+    """lambda_K from a given lambda_0, with the noise `score` uses for these examples."""
     if not self.latent_dim:
       return distributions.GaussianParams(mean, logvar)
     obs = self.observe(data)
-    seed_refine = self.split_seed(self._evaluation_seed(data, 1))[2]
+    seed_refine = self.split_seed(self.evaluation_seed(obs, 1))[2]
     return self.refine_posterior(self.decoder.prepare(obs.decoder_inputs), obs, mean, logvar,
                                  steps, "none", seed_refine, False, tf.constant(1.0))
 
-  def _evaluation_seed(self, data, purpose):
-    """A seed that differs between batches but not between runs: keyed by the batch's content,
-    so Monte Carlo noise averages out over a data set and evaluation does not depend on the
-    order of batches."""
-    content = self.observe(data).content
-    weights = tf.range(1, tf.size(content, out_type=tf.int64) + 1, dtype=tf.int64)
-    key = tf.reduce_sum(tf.reshape(content, [-1]) * weights) % (2**31 - 1)
-    return tf.random.experimental.stateless_fold_in(tf.constant([self.seed, purpose], tf.int64),
-                                                    key)
+  def evaluation_seed(self, obs: Observation, purpose: int) -> distributions.ExampleSeeds:
+    """Noise keys of each example's content (not its batch or position), so an example's
+    evaluation is the same in any batch, and Monte Carlo noise still differs between examples."""
+    return obs.example_seeds(self.seed, purpose)
 
   def evaluation_results(self):
-    skipped = {"mi"} if not self.latent_dim else set()
-    skipped |= {"iw_nll"} if not self.eval_num_samples else set()
+    skipped = {"iw_nll"} if not self.eval_num_samples else set()
     results = {name: tracker.result() for name, tracker in self.eval_trackers.items()
                if name not in skipped}
     if self.decoder.data_kind == "text":  # perplexity is per token; images report nats
@@ -455,6 +453,4 @@ class SemiAmortizedVAE(keras.Model):
         results["ppl"] = results["ppl_bound"]
       elif self.eval_num_samples:
         results["ppl"] = tf.exp(self.totals["iw_total"].result() / tokens)
-    if self.latent_dim:
-      results["active_units"] = self.variance_of_means.result()
     return results

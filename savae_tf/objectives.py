@@ -1,7 +1,8 @@
 """Per-example objectives and the evaluation estimators.
 
-Everything returns one value per example ([batch]) except the dataset-level statistics (`mi`,
-`active_units`); averaging over a batch happens in the model's train_step, once.
+Everything returns one value per example ([batch]) except the data-set statistics (`mi`,
+`active_units`), which take the whole evaluation set at once; averaging over a batch happens in
+the model's train_step, once.
 
 Text convention: a sentence is `<s> w_1 ... w_n </s>` with length n + 2; the decoder predicts
 tokens 1..n+1, so `</s>` is counted in the token count (and in perplexity) and `<s>` is not.
@@ -47,7 +48,8 @@ def iw_log_likelihood(log_likelihood_fn, mean, logvar, num_samples, seed, chunk_
     log_likelihood_fn: z [chunk, batch, latent] -> log p(x | z) [chunk, batch].
     mean, logvar: the proposal, [batch, latent].
     num_samples: S >= 1, a Python int or an int32 scalar tensor.
-    seed: stateless seed [2]; chunk c uses `step_seed(seed, c)`.
+    seed: a `distributions` seed; samples are numbered 0..S-1 and drawn with
+      `first_sample`, so with `ExampleSeeds` the estimate does not depend on `chunk_size`.
     chunk_size: samples per chunk, a Python int or an int32 scalar tensor >= 1.
   """
   num_samples = tf.convert_to_tensor(num_samples, tf.int32)
@@ -59,7 +61,7 @@ def iw_log_likelihood(log_likelihood_fn, mean, logvar, num_samples, seed, chunk_
   proposal = distributions.posterior(mean, logvar)
 
   def body(c, running):
-    z = distributions.sample(mean, logvar, distributions.step_seed(seed, c), chunk_size)
+    z = distributions.sample(mean, logvar, seed, chunk_size, first_sample=c * chunk_size)
     log_weights = log_likelihood_fn(z) + prior.log_prob(z) - proposal.log_prob(z)
     index = c * chunk_size + tf.range(chunk_size)
     log_weights = tf.where((index < num_samples)[:, None], log_weights,
@@ -71,23 +73,32 @@ def iw_log_likelihood(log_likelihood_fn, mean, logvar, num_samples, seed, chunk_
   return total - tf.math.log(tf.cast(num_samples, mean.dtype))
 
 
-def mutual_information(mean, logvar, seed):
-  """I_q(x; z) estimated on a batch, as He et al. (2019) do.
+def mutual_information(mean, logvar, z, max_floats: int = 2**24):
+  """I_q(x; z) over a whole data set, with He et al.'s (2019) estimator:
 
       I = E_x E_q(z|x)[log q(z | x)] - E_z[log q(z)],  q(z) ~ (1/N) sum_n q(z | x_n)
 
-  with one z per example and the aggregate posterior q(z) over the batch. Biased for small batches;
-  He et al. average it over evaluation batches.
+  with one draw z_n ~ q(z | x_n) per example (`z`, [N, latent]) and the aggregate posterior over
+  all N examples. He et al. average the same estimator over evaluation batches, which biases it
+  low and makes it depend on the batching; over the whole set it does not. The N x N densities
+  are computed a block of rows at a time (at most `max_floats` floats each).
   """
   latent_dim = tf.cast(tf.shape(mean)[-1], mean.dtype)
-  batch = tf.cast(tf.shape(mean)[0], mean.dtype)
+  count = tf.shape(mean)[0]
   neg_entropy = tf.reduce_mean(
       -0.5 * latent_dim * math.log(2 * math.pi) - 0.5 * tf.reduce_sum(1.0 + logvar, -1))
-  z = distributions.sample(mean, logvar, seed)
-  # log q(z_i | x_j) for every pair: [i, j].
-  log_density = distributions.posterior(mean, logvar).log_prob(z[:, None, :])
-  log_aggregate = tf.reduce_logsumexp(log_density, axis=1) - tf.math.log(batch)
-  return neg_entropy - tf.reduce_mean(log_aggregate)
+  posterior = distributions.posterior(mean, logvar)
+  rows = tf.maximum(1, max_floats // tf.maximum(1, count * tf.shape(mean)[-1]))
+
+  def body(start, total):
+    # log q(z_i | x_j) for the block's i and every j: [i, j].
+    log_density = posterior.log_prob(z[start:start + rows, None, :])
+    return start + rows, total + tf.reduce_sum(tf.reduce_logsumexp(log_density, axis=1))
+
+  _, total = tf.while_loop(lambda start, _: start < count, body,
+                           (tf.constant(0), tf.constant(0.0, mean.dtype)))
+  log_aggregate = total / tf.cast(count, mean.dtype) - tf.math.log(tf.cast(count, mean.dtype))
+  return neg_entropy - log_aggregate
 
 
 def active_units(mean_variance, threshold: float = 0.01):

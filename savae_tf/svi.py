@@ -1,12 +1,24 @@
 """Differentiable stochastic variational inference: `refine`.
 
-Given lambda_0 = (mean, logvar) and a loss f(lambda, theta; step) (the negative ELBO with noise
-keyed by the step), K steps of heavy-ball SGD refine lambda:
+Given lambda_0 = (mean, logvar), one row per example, and per-example losses f_b(lambda_b, theta;
+step) (each example's negative ELBO, with noise keyed by the step), K steps of heavy-ball SGD
+refine lambda:
 
     v_0 = 0
-    g_k = clip(grad_lambda f(lambda_k, theta; k))        mean and logvar blocks clipped separately
+    g_k = clip(grad_lambda F(lambda_k, theta; k))        mean and logvar blocks clipped separately
     v_{k+1} = momentum * v_k - g_k
     lambda_{k+1} = lambda_k + lr * v_{k+1}
+
+The step-size convention (`step_scale`) says what F and the clip are:
+  per_example  F = sum_b f_b: row b of g_k is example b's own gradient, and the clip takes the
+               L2 norm of each example's mean gradient (and of its logvar gradient) separately.
+               Nothing about one example depends on another or on the batch size.
+  batch_mean   F = (1 / B) sum_b f_b over the whole batch B (across tf.distribute replicas), and
+               the clip takes one norm over the whole [B, latent] block: the paper's convention.
+               Each example moves by lr / B of its own gradient. When no clip binds, batch_mean
+               at lr with a batch of B equals per_example at lr / B; with the clip, batch_mean's
+               norm c over the block never binds where per_example's norm c * B on each example
+               does not (`SVIConfig.per_example_equivalent` in savae_tf.model).
 
 and lambda_K is returned. Gradients flow from lambda_K back to lambda_0 and to every variable f
 reads (theta), as reverse-mode differentiation of that recursion gives them. With adjoints
@@ -29,6 +41,7 @@ import tensorflow as tf
 from savae_tf.distributions import GaussianParams
 
 GRADIENT_MODES = ("unrolled", "reverse", "finite_difference", "none")
+STEP_SCALES = ("per_example", "batch_mean")
 
 # Perturbation length |h u| of the central-difference Hessian-vector product, per dtype. Central
 # differences err by O(h^2) (truncation) + O(eps_machine / h) (round-off); these balance the two.
@@ -37,32 +50,49 @@ _DEFAULT_FD_RADIUS = {tf.float16: 1e-1, tf.bfloat16: 1e-1, tf.float32: 1e-2, tf.
 LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
 
-def clip_by_norm(g, max_norm):
-  """g * min(1, max_norm / ||g||), the L2 norm taken over the whole tensor.
+def global_batch_size(local_batch):
+  """Examples in the whole batch: the local batch summed over tf.distribute replicas (float32)."""
+  local_batch = tf.cast(local_batch, tf.float32)
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return local_batch
+  return context.all_reduce(tf.distribute.ReduceOp.SUM, local_batch)
+
+
+def _group_sum(x, per_example):
+  """Sum over each example's row (per_example: [B, 1, ...]) or over the whole tensor ([1, ...])."""
+  axes = list(range(1, x.shape.rank)) if per_example else None
+  total = tf.reduce_sum(x, axis=axes, keepdims=True)
+  return total if per_example else tf.reshape(total, [1] * x.shape.rank)
+
+
+def clip_by_norm(g, max_norm, per_example=False):
+  """g * min(1, max_norm / ||g||): the L2 norm of each row (`per_example`) or of the whole tensor.
 
   Written with the double-`where` guard so that autodiff through it stays finite at g = 0
   (the `unrolled` mode differentiates this function directly).
   """
   if max_norm is None:
     return g
-  sumsq = tf.reduce_sum(tf.square(g))
+  sumsq = _group_sum(tf.square(g), per_example)
   over = sumsq > max_norm * max_norm
   scale = tf.where(over, max_norm * tf.math.rsqrt(tf.where(over, sumsq, 1.0)), 1.0)
   return g * tf.cast(scale, g.dtype)
 
 
-def clip_by_norm_vjp(g, w, max_norm):
-  """J^T w for J the Jacobian of `clip_by_norm` at g (J is symmetric).
+def clip_by_norm_vjp(g, w, max_norm, per_example=False):
+  """J^T w for J the Jacobian of `clip_by_norm` at g (J is symmetric; per example it is block
+  diagonal, one block per row).
 
   Below the threshold J = I; above it J = (c / n) (I - g g^T / n^2) with n = ||g||, c = max_norm.
   """
   if max_norm is None:
     return w
-  sumsq = tf.reduce_sum(tf.square(g))
+  sumsq = _group_sum(tf.square(g), per_example)
   over = sumsq > max_norm * max_norm
   inv_norm = tf.math.rsqrt(tf.where(over, sumsq, 1.0))
   unit = g * inv_norm
-  projected = w - unit * tf.reduce_sum(unit * w)
+  projected = w - unit * _group_sum(unit * w, per_example)
   return tf.where(over, max_norm * inv_norm * projected, w)
 
 
@@ -75,12 +105,14 @@ def refine(loss_fn: LossFn,
            max_grad_norm: Optional[float] = 5.0,
            gradient: str = "unrolled",
            fd_radius: Optional[float] = None,
-           inputs: Optional[Sequence[tf.Tensor]] = None) -> GaussianParams:
+           inputs: Optional[Sequence[tf.Tensor]] = None,
+           step_scale: str = "per_example") -> GaussianParams:
   """Refines lambda_0 = (mean, logvar) by `steps` differentiable SVI steps; returns lambda_K.
 
   Args:
-    loss_fn: `loss_fn(mean, logvar, step) -> scalar`, the objective of refinement step `step`
-      (an int32 scalar tensor in 0..K-1). Any randomness inside it must be a function of `step`
+    loss_fn: `loss_fn(mean, logvar, step) -> [batch]`, each example's objective at refinement
+      step `step` (an int32 scalar tensor in 0..K-1); row b may read only row b of mean and
+      logvar. Any randomness inside it must be a function of `step`
       (e.g. `savae_tf.distributions.step_seed(seed, step)`), because the reverse modes evaluate it
       again and must see the same noise and dropout masks. It may read any trainable variables
       (the decoder's theta); gradients reach them. With `inputs`, it is called as
@@ -91,7 +123,7 @@ def refine(loss_fn: LossFn,
     lr: step size, or a pair (lr for mean, lr for logvar) as in the paper's code.
     momentum: heavy-ball momentum.
     max_grad_norm: the mean block and the logvar block of each gradient are clipped separately to
-      this L2 norm, taken over the whole batch tensor (the paper's convention). `None`: no clip.
+      this L2 norm, per example or over the whole batch as `step_scale` says. `None`: no clip.
     gradient: how gradients flow back through the K steps:
       - "unrolled": nested `tf.GradientTape`s record the whole loop; exact second-order
         gradients, memory grows with K times the loss's activations. The reference.
@@ -102,7 +134,8 @@ def refine(loss_fn: LossFn,
         the forward loop).
       - "finite_difference": the same sweep with central differences,
         H u ~ (grad f(lambda + h u) - grad f(lambda - h u)) / 2h with |h u| = `fd_radius`.
-        Needs only first-order gradients. The error is O(|h u|^2) plus round-off
+        Needs only first-order gradients (per_example: each example gets its own h, so its
+        perturbation does not depend on the others). The error is O(|h u|^2) plus round-off
         O(eps_machine / |h u|): about 1e-4 relative at best in float32, and wrong wherever the
         perturbation crosses a kink of the loss (ReLU, max, the clip threshold).
       - "none": lambda_K is returned with its gradient stopped (VAE+SVI baselines, evaluation).
@@ -116,17 +149,20 @@ def refine(loss_fn: LossFn,
       here rather than by closure: the reverse modes return gradients only for `mean`, `logvar`,
       `inputs` and the variables `loss_fn` reads, so a captured tensor that depends on trainable
       variables would silently lose its share of the refinement gradient.
+    step_scale: "per_example" (default) or "batch_mean" (the paper's); see the module docstring.
 
   Returns:
     GaussianParams(mean_K, logvar_K).
 
   Raises:
-    ValueError: mismatched or non-float mean/logvar, negative steps, an unknown gradient mode,
-      or a loss_fn that does not return a scalar. A negative `steps` tensor fails when run, with
-      `tf.errors.InvalidArgumentError`.
+    ValueError: mismatched or non-float mean/logvar, negative steps, an unknown gradient mode or
+      step scale, or a loss_fn that does not return one value per example. A negative `steps`
+      tensor fails when run, with `tf.errors.InvalidArgumentError`.
   """
   if gradient not in GRADIENT_MODES:
     raise ValueError(f"Unknown gradient mode {gradient!r}; expected one of {GRADIENT_MODES}.")
+  if step_scale not in STEP_SCALES:
+    raise ValueError(f"Unknown step_scale {step_scale!r}; expected one of {STEP_SCALES}.")
   mean = tf.convert_to_tensor(mean)
   logvar = tf.convert_to_tensor(logvar)
   if not mean.dtype.is_floating or mean.dtype != logvar.dtype:
@@ -135,6 +171,8 @@ def refine(loss_fn: LossFn,
   if not mean.shape.is_compatible_with(logvar.shape):
     raise ValueError(f"mean and logvar must have the same shape; got {mean.shape} and "
                      f"{logvar.shape}.")
+  if mean.shape.rank is None or mean.shape.rank < 1:
+    raise ValueError(f"mean and logvar need a leading batch axis; got shape {mean.shape}.")
   if isinstance(steps, int):
     if steps < 0:
       raise ValueError(f"steps must be >= 0; got {steps}.")
@@ -154,7 +192,8 @@ def refine(loss_fn: LossFn,
                  lr=(_as_dtype(lr_mean, dtype), _as_dtype(lr_logvar, dtype)),
                  momentum=_as_dtype(momentum, dtype),
                  max_norm=None if max_grad_norm is None else _as_dtype(max_grad_norm, dtype),
-                 fd_radius=_as_dtype(fd_radius or _DEFAULT_FD_RADIUS[dtype], dtype))
+                 fd_radius=_as_dtype(fd_radius or _DEFAULT_FD_RADIUS[dtype], dtype),
+                 per_example=step_scale == "per_example")
 
   if gradient == "unrolled":
     mean_k, logvar_k, _ = sweep.forward(mean, logvar, steps, keep_trajectory=False)
@@ -195,22 +234,36 @@ def _as_dtype(value, dtype):
 class _Sweep:
   """The forward recursion and its reverse sweep for one `refine` call."""
 
-  def __init__(self, loss_fn, inputs, lr, momentum, max_norm, fd_radius):
+  def __init__(self, loss_fn, inputs, lr, momentum, max_norm, fd_radius, per_example):
     self.loss_fn = loss_fn
     self.inputs = inputs
     self.lr = lr
     self.momentum = momentum
     self.max_norm = max_norm
     self.fd_radius = fd_radius
+    self.per_example = per_example
 
-  def loss(self, mean, logvar, step):
+  def losses(self, mean, logvar, step):
+    """The per-example losses f_b, [batch]."""
     value = tf.convert_to_tensor(self.loss_fn(mean, logvar, step) if self.inputs is None
                                  else self.loss_fn(mean, logvar, step, self.inputs))
-    if value.shape.rank is not None and value.shape.rank != 0:
-      raise ValueError(f"loss_fn must return a scalar; it returned shape {value.shape}.")
-    if value.shape.rank is None:
-      value = tf.ensure_shape(value, [])
-    return value
+    if value.shape.rank is not None and value.shape.rank != 1:
+      raise ValueError("loss_fn must return one value per example (shape [batch]); it returned "
+                       f"shape {value.shape}.")
+    return tf.ensure_shape(value, mean.shape[:1])
+
+  def objective(self, values, weights=1.0):
+    """F: the sum of the (weighted) per-example losses, over the whole batch for batch_mean."""
+    total = tf.reduce_sum(values * weights)
+    if self.per_example:
+      return total
+    return total / tf.cast(global_batch_size(tf.shape(values)[0]), values.dtype)
+
+  def loss(self, mean, logvar, step):
+    return self.objective(self.losses(mean, logvar, step))
+
+  def clip(self, g):
+    return clip_by_norm(g, self.max_norm, self.per_example)
 
   def lambda_gradient(self, mean, logvar, step):
     """grad_lambda f at step `step`, with respect to lambda only (theta-gradients are skipped)."""
@@ -219,14 +272,6 @@ class _Sweep:
       value = self.loss(mean, logvar, step)
     return tape.gradient(value, [mean, logvar],
                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-  def full_gradient(self, mean, logvar, step, theta):
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-      tape.watch([mean, logvar] + theta)
-      value = self.loss(mean, logvar, step)
-    grads = tape.gradient(value, [mean, logvar] + theta,
-                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return [tf.convert_to_tensor(g) for g in grads]
 
   def forward(self, mean, logvar, steps, keep_trajectory):
     """Runs the K steps; with `keep_trajectory`, also returns lambda_k and unclipped g_k."""
@@ -239,8 +284,8 @@ class _Sweep:
       if keep_trajectory:
         trajectory = tuple(ta.write(k, t) for ta, t in
                            zip(trajectory, (mean, logvar, g_mean, g_logvar)))
-      v_mean = self.momentum * v_mean - clip_by_norm(g_mean, self.max_norm)
-      v_logvar = self.momentum * v_logvar - clip_by_norm(g_logvar, self.max_norm)
+      v_mean = self.momentum * v_mean - self.clip(g_mean)
+      v_logvar = self.momentum * v_logvar - self.clip(g_logvar)
       return (k + 1, mean + self.lr[0] * v_mean, logvar + self.lr[1] * v_logvar,
               v_mean, v_logvar, trajectory)
 
@@ -256,8 +301,8 @@ class _Sweep:
     def body(k, d_mean, d_logvar, v_mean, v_logvar, d_theta):
       v_mean = v_mean + self.lr[0] * d_mean
       v_logvar = v_logvar + self.lr[1] * d_logvar
-      u_mean = clip_by_norm_vjp(g_means.read(k), -v_mean, self.max_norm)
-      u_logvar = clip_by_norm_vjp(g_logvars.read(k), -v_logvar, self.max_norm)
+      u_mean = clip_by_norm_vjp(g_means.read(k), -v_mean, self.max_norm, self.per_example)
+      u_logvar = clip_by_norm_vjp(g_logvars.read(k), -v_logvar, self.max_norm, self.per_example)
       h_mean, h_logvar, h_theta = hvp(means.read(k), logvars.read(k), k, u_mean, u_logvar,
                                       theta)
       d_theta = [a + b for a, b in zip(d_theta, h_theta)]
@@ -285,12 +330,24 @@ class _Sweep:
     return grads[0], grads[1], grads[2:]
 
   def finite_difference_hvp(self, mean, logvar, step, u_mean, u_logvar, theta):
-    """(H_ll u, H_tl u) by central differences of the full gradient along u."""
-    u_norm = tf.sqrt(tf.reduce_sum(tf.square(u_mean)) + tf.reduce_sum(tf.square(u_logvar)))
-    nonzero = u_norm > 0
-    h = tf.where(nonzero, self.fd_radius / tf.where(nonzero, u_norm, 1.0), 0.0)
-    plus = self.full_gradient(mean + h * u_mean, logvar + h * u_logvar, step, theta)
-    minus = self.full_gradient(mean - h * u_mean, logvar - h * u_logvar, step, theta)
-    inv_2h = tf.where(nonzero, 0.5 / tf.where(nonzero, h, 1.0), 0.0)
-    diff = [(p - m) * inv_2h for p, m in zip(plus, minus)]
-    return diff[0], diff[1], diff[2:]
+    """(H_ll u, H_tl u) by central differences of the full gradient along u.
+
+    The perturbation h u has length `fd_radius` per example (per_example) or over the batch.
+    Example b's difference quotient is (grad f_b(lambda + h_b u) - grad f_b(lambda - h_b u)) /
+    2 h_b; weighting f_b by 1 / (2 h_b) before differentiating gives every example its own h_b
+    in one gradient, theta's share (a sum over examples) included.
+    """
+    u_sumsq = (_group_sum(tf.square(u_mean), self.per_example)
+               + _group_sum(tf.square(u_logvar), self.per_example))
+    nonzero = u_sumsq > 0
+    h = tf.where(nonzero, self.fd_radius * tf.math.rsqrt(tf.where(nonzero, u_sumsq, 1.0)), 0.0)
+    inv_2h = tf.reshape(tf.where(nonzero, 0.5 / tf.where(nonzero, h, 1.0), 0.0), [-1])
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      tape.watch([mean, logvar] + theta)
+      plus = self.losses(mean + h * u_mean, logvar + h * u_logvar, step)
+      minus = self.losses(mean - h * u_mean, logvar - h * u_logvar, step)
+      difference = self.objective(plus, inv_2h) - self.objective(minus, inv_2h)
+    grads = tape.gradient(difference, [mean, logvar] + theta,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grads = [tf.convert_to_tensor(g) for g in grads]
+    return grads[0], grads[1], grads[2:]

@@ -9,6 +9,8 @@ from typing import Any, Callable, Dict, List, Optional
 import keras
 import tensorflow as tf
 
+from savae_tf import evaluate
+
 
 class NonFiniteLossError(RuntimeError):
   """Training stopped because the loss became NaN or Inf."""
@@ -154,7 +156,8 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
                  step=int(model.optimizer.iterations))
     improved = True
     if validation is not None:
-      results = model.evaluate(validation, verbose=0, return_dict=True)
+      results = evaluate.evaluate(model, validation, num_samples=0)
+      results.pop("svi_steps")
       entry.update({f"val_{name}": float(value) for name, value in results.items()})
       improved = entry[f"val_{monitor}"] < float(state["best"])
       if improved:
