@@ -81,7 +81,14 @@ def main(_):
   keras.utils.set_random_seed(FLAGS.seed)
   data = synthetic.make_synthetic_data(FLAGS.seed, num_train=FLAGS.num_train,
                                        num_valid=FLAGS.num_valid, num_test=FLAGS.num_test)
-  truth, quadrature_error = synthetic.true_nll(data.oracle, data.splits["test"]["tokens"])
+  def progress(done, total):
+    print(f"\rtrue NLL by quadrature: {done}/{total} test sequences", end="", file=sys.stderr,
+          flush=True)
+
+  truth, quadrature_error = synthetic.cached_true_nll(
+      data.oracle, data.splits["test"]["tokens"],
+      os.path.join(FLAGS.model_dir, f"true_nll-seed{FLAGS.seed}.npz"), progress=progress)
+  print(file=sys.stderr)
   print(f"true NLL of the test set (quadrature): {truth.mean():.3f} nats per sequence "
         f"(grid error ~{quadrature_error:.1e}; paper's oracle: {PAPER_TRUE_NLL})", flush=True)
   train = synthetic.as_dataset(data.splits["train"], FLAGS.batch_size, shuffle_seed=FLAGS.seed)
@@ -106,11 +113,13 @@ def main(_):
         except training.NonFiniteLossError as error:
           raise app.UsageError(f"{kind}/{mode}: {error}") from None
         if valid is not None:
-          curve = history.history["val_" + training.selection_metric(model)]
+          metric = "val_" + training.selection_metric(model)
+          curve = history.history[metric]
           best_epoch = 1 + min(range(len(curve)), key=curve.__getitem__)
+          best_valid = {metric: curve[best_epoch - 1]}
       metrics = evaluate(model, test, num_samples=FLAGS.num_samples)
       if best_epoch:
-        metrics["best_epoch"] = best_epoch
+        metrics.update(best_epoch=best_epoch, **best_valid)
       metrics["train_seconds"] = round(time.time() - start, 1)
       if kind == "oracle":
         metrics["true_nll"] = float(truth.mean())

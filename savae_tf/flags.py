@@ -10,11 +10,7 @@ from absl import flags
 
 from savae_tf import svi
 from savae_tf import training
-from savae_tf.model import SemiAmortizedVAE, SVIConfig
-
-# The refiner's default step size per convention. per_example: chosen on the synthetic
-# experiment's validation set (RESULTS.md); batch_mean: the paper's.
-DEFAULT_SVI_LR = {"per_example": 0.03, "batch_mean": 1.0}
+from savae_tf.model import DEFAULT_SVI_LR, SemiAmortizedVAE, SVIConfig
 
 
 def define_svi_flags():

@@ -39,12 +39,16 @@ from savae_tf import svi
 
 MODES = ("autoreg", "vae", "svi", "vae_svi", "vae_svi_kl", "savae")
 
+# The refiner's default step size per convention. per_example: chosen on the synthetic
+# experiment's validation set (RESULTS.md); batch_mean: the paper's.
+DEFAULT_SVI_LR = {"per_example": 0.03, "batch_mean": 1.0}
+
 
 @dataclasses.dataclass(frozen=True)
 class SVIConfig:
   """The refiner's settings, shared by training and evaluation."""
   steps: int = 20
-  lr: float = 1.0
+  lr: Optional[float] = None  # None: DEFAULT_SVI_LR[step_scale]
   momentum: float = 0.5
   max_grad_norm: Optional[float] = 5.0
   gradient: str = "reverse"
@@ -52,6 +56,8 @@ class SVIConfig:
   batch_size: Optional[int] = None  # batch_mean: the training batch size
 
   def __post_init__(self):
+    if self.lr is None and self.step_scale in DEFAULT_SVI_LR:
+      object.__setattr__(self, "lr", DEFAULT_SVI_LR[self.step_scale])
     if self.steps < 0:
       raise ValueError(f"SVI steps must be >= 0; got {self.steps}.")
     if self.gradient not in svi.GRADIENT_MODES:
@@ -283,7 +289,8 @@ class SemiAmortizedVAE(keras.Model):
       return tf.reduce_sum(values) / batch
 
     if self.mode == "autoreg":
-      logits = self.decoder.logits(context, None, training=training, seed=seed_0)
+      logits = self.decoder.logits(context, None, training=training,
+                                   seed=seed_0 if training else None)
       out["nll"] = obs.nll(logits)
       out["nll_bound"] = out["nll"]
       out["kl"] = tf.zeros_like(out["nll"])

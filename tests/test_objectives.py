@@ -37,17 +37,19 @@ def test_iw_log_likelihood_converges_to_the_exact_log_marginal(linear_gaussian_c
 def test_iw_log_likelihood_with_a_partial_last_chunk_counts_only_num_samples(linear_gaussian_case):
   model, x, mean, logvar = linear_gaussian_case
   fn = lambda z: model.log_likelihood(x, z)
-  seed = tf.constant([3, 3])
-  # 7 samples in chunks of 5 (one partial chunk) equal the log-mean-exp of the first 7 draws of
-  # the chunked stream: chunk 0 gives 5, chunk 1 gives its first 2.
+  seed = distributions.ExampleSeeds(tf.constant([5, 8, 13, 21, 34, 55], tf.uint32))
+  # 7 samples in chunks of 5 (one partial chunk) equal the log-mean-exp of samples 0..6; with
+  # keys per example the chunking changes no draw.
   seven = objectives.iw_log_likelihood(fn, mean, logvar, 7, seed, chunk_size=5)
-  weights = []
-  for c in (0, 1):
-    z = distributions.sample(mean, logvar, distributions.step_seed(seed, c), 5)
-    weights.append(fn(z) + distributions.prior(2, tf.float64).log_prob(z)
-                   - distributions.posterior(mean, logvar).log_prob(z))
-  expected = tf.reduce_logsumexp(tf.concat([weights[0], weights[1][:2]], 0), 0) - math.log(7)
+  z = distributions.sample(mean, logvar, seed, 7)
+  weights = (fn(z) + distributions.prior(2, tf.float64).log_prob(z)
+             - distributions.posterior(mean, logvar).log_prob(z))
+  expected = tf.reduce_logsumexp(weights, 0) - math.log(7)
   np.testing.assert_allclose(seven, expected, rtol=1e-12)
+  for chunk_size in (1, 3, 7, 50):
+    np.testing.assert_allclose(
+        objectives.iw_log_likelihood(fn, mean, logvar, 7, seed, chunk_size=chunk_size), expected,
+        rtol=1e-12)
 
 
 def test_iw_log_likelihood_rejects_zero_samples(linear_gaussian_case):
@@ -64,16 +66,21 @@ def test_mutual_information_matches_the_gaussian_closed_form():
   a, s, n = 2.0, 0.5, 4000
   mean = tf.constant(rng.normal(size=(n, 1)) * math.sqrt(a))
   logvar = tf.fill([n, 1], tf.constant(math.log(s), tf.float64))
-  mi = objectives.mutual_information(mean, logvar, tf.constant([1, 2]))
+  z = distributions.sample(mean, logvar, tf.constant([1, 2]))
+  mi = objectives.mutual_information(mean, logvar, z)
   assert float(mi) == pytest.approx(0.5 * math.log((a + s) / s), abs=0.04)
+  # Computed a block of rows at a time, the same number.
+  blocked = objectives.mutual_information(mean, logvar, z, max_floats=1000)
+  assert float(blocked) == pytest.approx(float(mi), rel=1e-12)
 
 
 def test_mutual_information_is_near_zero_for_a_collapsed_posterior():
   # Every q(z | x) equal: I = 0, and the estimate is a Monte Carlo average of
   # log q(z) + H[q] over N draws, whose standard error is sqrt(D / 2 / N).
   n, d = 5000, 4
-  mi = objectives.mutual_information(tf.zeros([n, d], tf.float64), tf.zeros([n, d], tf.float64),
-                                     tf.constant([1, 2]))
+  zeros = tf.zeros([n, d], tf.float64)
+  mi = objectives.mutual_information(zeros, zeros,
+                                     distributions.sample(zeros, zeros, tf.constant([1, 2])))
   assert abs(float(mi)) < 4 * math.sqrt(d / 2 / n)
 
 
