@@ -41,3 +41,72 @@ def text_corpus(tmp_path):
     return directory
 
   return make
+
+
+# Run in a fresh process that imports nothing of ours (the SavedModel must stand alone): calls
+# every signature that takes examples on each batch composition and saves the outputs.
+_COMPOSED_BATCHES = """
+import sys
+import numpy as np
+import tensorflow as tf
+
+path, inputs_path, out_path = sys.argv[1:]
+signatures = tf.saved_model.load(path).signatures
+given = np.load(inputs_path, allow_pickle=True)
+pool, key = given["pool"], str(given["key"])
+outputs = {}
+for c in range(int(given["count"])):
+  batch = tf.constant(pool[given[f"batch{c}"]].tolist() if key == "sentences"
+                      else pool[given[f"batch{c}"]])
+  encoded = signatures["encode"](**{key: batch})
+  results = {
+      "encode": encoded,
+      "refine": signatures["refine"](**{key: batch}, mean=encoded["mean"],
+                                     logvar=encoded["logvar"], steps=tf.constant(3)),
+      "score": signatures["score"](**{key: batch}, steps=tf.constant(3),
+                                   num_samples=tf.constant(7)),
+      "reconstruct": signatures["reconstruct"](
+          **{key: batch}, steps=tf.constant(2),
+          **({"max_length": tf.constant(8)} if key == "sentences" else {"seed": tf.constant(1)})),
+  }
+  for name, result in results.items():
+    for output, value in result.items():
+      outputs[f"{c}/{name}/{output}"] = value.numpy()
+np.savez(out_path, **outputs)
+"""
+
+
+@pytest.fixture
+def assert_batch_invariant(tmp_path):
+  """Checks that each example's row of every example-taking signature of the SavedModel at
+  `path` is the same alone and in batches of 2, 32 and 1,000 of other pool examples, at random
+  positions (reloaded in a fresh process)."""
+  import subprocess
+  import sys
+
+  def check(path, pool, key, rtol=1e-5, atol=1e-5, seed=0):
+    rng = np.random.default_rng(seed)
+    batches = [np.array([i]) for i in range(len(pool))]  # each example alone: the reference
+    batches += [rng.integers(0, len(pool), size) for size in (2, 2, 32, 32, 1000)]
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, pool=np.asarray(pool, dtype=object if key == "sentences" else None),
+             key=key, count=len(batches), **{f"batch{c}": b for c, b in enumerate(batches)})
+    out = tmp_path / "outputs.npz"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", _COMPOSED_BATCHES, path, str(inputs),
+                             str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = np.load(out, allow_pickle=True)
+    names = {name.split("/", 1)[1] for name in outputs.files}
+    assert {"score/refined_nll_bound", "score/iw_nll", "refine/mean", "encode/mean"} <= names
+    for c in range(len(pool), len(batches)):
+      for name in names:
+        rows = outputs[f"{c}/{name}"]
+        alone = np.concatenate([outputs[f"{i}/{name}"] for i in batches[c]])
+        if rows.dtype == object:
+          assert rows.tolist() == alone.tolist(), (c, name)
+        else:
+          np.testing.assert_allclose(rows, alone, rtol=rtol, atol=atol,
+                                     err_msg=f"batch {c} of {len(batches[c])}, {name}")
+
+  return check

@@ -289,3 +289,19 @@ def test_the_language_model_exports_with_an_empty_latent(tmp_path):
   sample = loaded["sample"](num=tf.constant(3), max_length=tf.constant(4),
                             temperature=tf.constant(1.0), seed=tf.constant(0))
   assert sample["z"].shape == (3, 0) and sample["sentences"].shape == (3,)
+
+
+def test_a_sentence_gets_the_same_outputs_alone_and_in_any_batch(trained_oracle_export,
+                                                                   assert_batch_invariant):
+  # The SA-VAE's rows of encode, refine, score and reconstruct do not depend on the batch: its
+  # size, the sentence's position, or the other sentences (a long one among them).
+  _, _, path, sentences = trained_oracle_export
+  long_sentence = " ".join(sentences[:40])  # 200 words; the oracle saw sentences of 5
+  assert_batch_invariant(path, sentences[:10] + [long_sentence], "sentences")
+
+
+def test_unknown_and_long_sentences_do_not_change_their_batch_mates(text_export,
+                                                                  assert_batch_invariant):
+  _, _, path = text_export
+  pool = SENTENCES + ["zebra okapi quagga", "<unk> <unk>", " ".join(CORPUS * 30)]
+  assert_batch_invariant(path, pool, "sentences")
