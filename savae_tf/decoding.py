@@ -12,6 +12,8 @@ from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
+from savae_tf import distributions
+
 
 class SampledImages(NamedTuple):
   means: tf.Tensor    # float32 [batch, height, width, 1]: p(x_i = 1 | x_<i, z) at each pixel
@@ -73,12 +75,13 @@ def sample_images(decoder, z, seed, batch_size=None, shared_noise: bool = False)
 
   Pixel i is 1 when u_i < p(x_i = 1 | x_<i, z), with u_i uniform from `fold_in(seed, i)`, so
   the same seed gives the same images. With `shared_noise` every image of the batch uses the same
-  u_i, so images differ only through z (a latent traversal).
+  u_i, so images differ only through z (a latent traversal). With `distributions.ExampleSeeds`,
+  image b's u_i come from key b alone (not from its position in the batch).
 
   Args:
     decoder: `prepare(images)`, `logits(context, z)` and `image_shape` (height, width).
     z: [batch, latent], or None for a decoder without a latent (then give `batch_size`).
-    seed: int32 [2].
+    seed: int32 [2], or `distributions.ExampleSeeds` (one key per image).
   """
   height, width = decoder.image_shape
   batch = tf.shape(z)[0] if z is not None else tf.convert_to_tensor(batch_size, tf.int32)
@@ -89,8 +92,8 @@ def sample_images(decoder, z, seed, batch_size=None, shared_noise: bool = False)
   def body(i, images, means):
     row, col = i // width, i % width
     mean = tf.sigmoid(decoder.logits(decoder.prepare(images), z)[:, row, col, 0])
-    uniform = tf.random.stateless_uniform([1 if shared_noise else batch],
-                                          tf.random.experimental.stateless_fold_in(seed, i))
+    uniform = distributions.uniform(distributions.fold_in(seed, i),
+                                    [1 if shared_noise else batch])
     pixel = tf.cast(uniform < mean, tf.float32)
     here = tf.equal(pixel_ids, i)
     images = tf.where(here, pixel[:, None, None, None], images)

@@ -129,13 +129,23 @@ def standard_normal(seed: Seed, shape, dtype=tf.float32, first_sample=0):
   samples = tf.reduce_prod(shape[:-2])
   latent = shape[-1]
   counter = ((tf.range(samples) + first_sample)[:, None] * latent
-             + tf.range(latent)[None, :])  # [samples, latent]
-  bits = _combine(seed.keys[None, :, None], tf.cast(counter, tf.uint32)[:, None, :])  # [samples, batch, latent]
-  # The top 24 bits as a uniform strictly inside (0, 1), through the inverse normal CDF (float64
-  # so that float64 callers get full-precision normals).
-  uniform = (tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float64)
-             + 0.5) * 2.0**-24
-  return tf.cast(tf.reshape(tf.math.ndtri(uniform), shape), dtype)
+             + tf.range(latent)[None, :])  # [samples, latent]; bits: [samples, batch, latent]
+  bits = _combine(seed.keys[None, :, None], tf.cast(counter, tf.uint32)[:, None, :])
+  # Through the inverse normal CDF in float64, so that float64 callers get full-precision normals.
+  return tf.cast(tf.reshape(tf.math.ndtri(_unit_interval(bits)), shape), dtype)
+
+
+def _unit_interval(bits):
+  """The top 24 bits of uint32 values as float64 uniforms strictly inside (0, 1)."""
+  return (tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float64)
+          + 0.5) * 2.0**-24
+
+
+def uniform(seed: Seed, shape, dtype=tf.float32):
+  """U(0, 1) noise of `shape`; with `ExampleSeeds` the shape is [batch], one draw per key."""
+  if not isinstance(seed, ExampleSeeds):
+    return tf.random.stateless_uniform(shape, seed, dtype=dtype)
+  return tf.cast(_unit_interval(seed.keys), dtype)
 
 
 def sample(mean, logvar, seed: Seed, num_samples: Optional[int] = None, first_sample=0):

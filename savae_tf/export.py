@@ -12,6 +12,7 @@ from typing import Optional
 import tensorflow as tf
 
 from savae_tf import decoding
+from savae_tf import distributions
 from savae_tf import runs
 from savae_tf.data.text import Vocabulary
 from savae_tf.model import SemiAmortizedVAE
@@ -200,7 +201,9 @@ class ImageModelExport(ModelExport):
 
     @tf.function(input_signature=[_IMAGES, _INT("steps"), _INT("seed")])
     def reconstruct(images, steps, seed):
-      return self.draw(self.refined_mean(images, steps), seed, tf.shape(images)[0])
+      # Pixel noise keyed by (seed, the input image), so a row does not depend on its batch.
+      keys = model.observe(self.read(images)).example_seeds(seed)
+      return self.draw(self.refined_mean(images, steps), keys, tf.shape(images)[0])
 
     self.generate, self.sample, self.reconstruct = generate, sample, reconstruct
 
@@ -219,8 +222,10 @@ class ImageModelExport(ModelExport):
     return {"images": images}
 
   def draw(self, z, seed, batch_size):
-    means, images = decoding.sample_images(self.model.decoder, self.latent(z),
-                                           tf.stack([seed, 0]), batch_size)
+    """Images drawn at z; `seed` an int32 scalar (noise by position) or `ExampleSeeds`."""
+    if not isinstance(seed, distributions.ExampleSeeds):
+      seed = tf.stack([seed, 0])
+    means, images = decoding.sample_images(self.model.decoder, self.latent(z), seed, batch_size)
     return {"means": means, "images": images}
 
 

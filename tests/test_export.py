@@ -126,7 +126,8 @@ def test_saved_model_cli_shows_every_signature_with_its_dtypes(text_export):
   assert SIGNATURES <= set(blocks)
   expected = {
       "score": {"nll_bound": "DT_FLOAT", "refined_nll_bound": "DT_FLOAT", "kl": "DT_FLOAT",
-                "iw_nll": "DT_FLOAT", "num_tokens": "DT_INT32"},
+                "iw_nll": "DT_FLOAT", "num_tokens": "DT_INT32", "mean": "DT_FLOAT",
+                "logvar": "DT_FLOAT", "z": "DT_FLOAT"},
       "encode": {"mean": "DT_FLOAT", "logvar": "DT_FLOAT"},
       "refine": {"mean": "DT_FLOAT", "logvar": "DT_FLOAT"},
       "generate": {"sentences": "DT_STRING", "tokens": "DT_INT32"},

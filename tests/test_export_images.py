@@ -102,8 +102,9 @@ def test_signatures_and_their_outputs(loaded):
   assert set(signatures.keys()) == SIGNATURES
   images = tf.constant(binary_images(4))
   scores = signatures["score"](images=images, steps=tf.constant(5), num_samples=tf.constant(20))
-  assert set(scores) == {"nll_bound", "refined_nll_bound", "kl", "iw_nll"}
-  assert all(v.shape == (4,) for v in scores.values())
+  assert set(scores) == {"nll_bound", "refined_nll_bound", "kl", "iw_nll", "mean", "logvar", "z"}
+  assert all(scores[k].shape == (4,) for k in ("nll_bound", "refined_nll_bound", "kl", "iw_nll"))
+  assert all(scores[k].shape == (4, 2) for k in ("mean", "logvar", "z"))
   # The importance-weighted NLL is below 36 log 2 plus the noise of an untrained model's bound.
   assert np.all(scores["iw_nll"].numpy() > 0)
   sampled = signatures["sample"](num=tf.constant(2), seed=tf.constant(3))
@@ -155,3 +156,13 @@ def test_the_pixel_cnn_baseline_exports_with_an_empty_latent(tmp_path):
   assert signatures["encode"](images=images)["mean"].shape == (2, 0)
   assert signatures["sample"](num=tf.constant(2), seed=tf.constant(0))["images"].shape == (
       2, SIZE, SIZE, 1)
+
+
+def test_an_image_gets_the_same_outputs_alone_and_in_any_batch(image_export,
+                                                                 assert_batch_invariant):
+  # encode, refine, score and reconstruct (its pixel draws included) row by row; BatchNorm in
+  # inference mode, so the batch's statistics do not enter.
+  _, path = image_export
+  pool = np.concatenate([binary_images(6, seed=4), np.zeros((1, SIZE, SIZE, 1), np.float32),
+                         np.ones((1, SIZE, SIZE, 1), np.float32)])
+  assert_batch_invariant(path, pool, "images")
