@@ -69,7 +69,7 @@ def main(_):
     logits = decoder(tokens[:, :-1], z)
     nll = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
         tokens[:, 1:], logits, from_logits=True), -1)
-    return tf.reduce_mean(nll + distributions.kl_to_prior(mean, logvar))
+    return nll + distributions.kl_to_prior(mean, logvar)  # per example
 
   sources = [mean0, logvar0] + decoder.trainable_variables
 
@@ -77,7 +77,7 @@ def main(_):
   def plain_gradient():
     with tf.GradientTape() as tape:
       tape.watch([mean0, logvar0])
-      value = loss_fn(mean0, logvar0, tf.constant(0))
+      value = tf.reduce_mean(loss_fn(mean0, logvar0, tf.constant(0)))
     return tape.gradient(value, sources)
 
   def refined_gradient(mode, steps):
@@ -86,7 +86,7 @@ def main(_):
       with tf.GradientTape() as tape:
         tape.watch([mean0, logvar0])
         mean_k, logvar_k = refine(loss_fn, mean0, logvar0, steps, gradient=mode)
-        value = loss_fn(mean_k, logvar_k, tf.constant(-1))
+        value = tf.reduce_mean(loss_fn(mean_k, logvar_k, tf.constant(-1)))
       return tape.gradient(value, sources)
     return call
 
