@@ -41,7 +41,7 @@ MODES = ("autoreg", "vae", "svi", "vae_svi", "vae_svi_kl", "savae")
 
 # The refiner's default step size per convention. per_example: chosen on the synthetic
 # experiment's validation set (RESULTS.md); batch_mean: the paper's.
-DEFAULT_SVI_LR = {"per_example": 0.03, "batch_mean": 1.0}
+DEFAULT_SVI_LR = {"per_example": 0.003, "batch_mean": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
