@@ -63,3 +63,27 @@ def test_as_dataset_yields_batches_of_tokens_and_lengths():
   batches = list(synthetic.as_dataset(data.splits["train"], 4, shuffle_seed=3))
   assert [b["tokens"].shape[0] for b in batches] == [4, 4, 2]
   assert set(batches[0]) == {"tokens", "lengths"}
+
+
+def test_the_coarse_grid_is_every_other_point_and_the_true_nll_is_cached(tmp_path):
+  keras.utils.set_random_seed(0)
+  generator = SyntheticGenerator(vocab_size=7, embed_dim=4, hidden_dim=5, mlp_dim=6,
+                                 init_scale=1.0)
+  tokens = generator.sample(tf.random.stateless_normal([5, 2], [1, 1]), 4, tf.constant([2, 2]))
+  fine, error = synthetic.true_nll(generator, tokens, grid_size=21)
+  coarse, _ = synthetic.true_nll(generator, tokens, grid_size=11)  # the same grid, every other point
+  assert error == pytest.approx(abs(np.mean(fine) - np.mean(coarse)), rel=1e-6)
+  with pytest.raises(ValueError, match="odd"):
+    synthetic.true_nll(generator, tokens, grid_size=20)
+  cache = str(tmp_path / "truth.npz")
+  calls = []
+  first = synthetic.cached_true_nll(generator, tokens, cache, grid_size=21,
+                                    progress=lambda done, total: calls.append((done, total)))
+  assert calls[-1] == (5, 5)
+  np.testing.assert_allclose(first[0], fine, rtol=1e-12)
+  calls.clear()
+  again = synthetic.cached_true_nll(generator, tokens, cache, grid_size=21,
+                                    progress=lambda done, total: calls.append(done))
+  assert not calls and again[1] == pytest.approx(first[1])  # read back, nothing computed
+  other = synthetic.cached_true_nll(generator, tokens[:3], cache, grid_size=21)
+  np.testing.assert_allclose(other[0], fine[:3], rtol=1e-6)  # other tokens: recomputed
