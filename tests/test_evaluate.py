@@ -13,7 +13,7 @@ def oracle_case():
   data = synthetic.make_synthetic_data(seed=5, num_train=1, num_valid=1, num_test=64)
   truth, _ = synthetic.true_nll(data.oracle, data.splits["test"]["tokens"], grid_size=31)
   model = SemiAmortizedVAE(data.oracle, LSTMEncoder(1001, 8, 8, 2), mode="savae", latent_dim=2,
-                           svi_config=SVIConfig(steps=20))
+                           svi_config=SVIConfig(steps=20, lr=0.03))
   model.compile()
   return model, synthetic.as_dataset(data.splits["test"], 32), truth
 
