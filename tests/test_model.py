@@ -139,6 +139,36 @@ def test_svi_config_rejects_bad_settings():
     SVIConfig(steps=-1)
   with pytest.raises(ValueError, match="Unknown refine gradient"):
     SVIConfig(gradient="adjoint")
+  with pytest.raises(ValueError, match="Unknown SVI step_scale"):
+    SVIConfig(step_scale="sum")
+  with pytest.raises(ValueError, match="needs the training batch_size"):
+    SVIConfig(step_scale="batch_mean")
+
+
+def test_a_batch_mean_model_evaluates_with_the_per_example_equivalent_step():
+  config = SVIConfig(step_scale="batch_mean", batch_size=8, lr=2.0, max_grad_norm=5.0)
+  equivalent = config.per_example_equivalent()
+  assert (equivalent.step_scale, equivalent.lr, equivalent.max_grad_norm) == (
+      "per_example", 0.25, 40.0)
+  assert SVIConfig().per_example_equivalent() == SVIConfig()
+  assert SVIConfig().lr == 0.003 and config.lr == 2.0
+  assert SVIConfig(step_scale="batch_mean", batch_size=8).lr == 1.0  # the paper's default
+  # Evaluation of a batch_mean model: each example refined at lr / B whatever the batch.
+  data = ragged_data()
+  models = {}
+  for name, svi_config in (("batch_mean", config), ("per_example", equivalent)):
+    model = make_model("savae")
+    model.svi_config = svi_config
+    models[name] = model.score(data, 4, 5)
+  for name in ("refined_nll_bound", "iw_nll", "mean"):
+    np.testing.assert_allclose(models["batch_mean"][name], models["per_example"][name],
+                               rtol=1e-6, err_msg=name)
+  alone = models["batch_mean"]
+  model = make_model("savae")
+  model.svi_config = config
+  first_two = model.score({k: v[:2] for k, v in data.items()}, 4, 5)
+  np.testing.assert_allclose(first_two["refined_nll_bound"], alone["refined_nll_bound"][:2],
+                             rtol=1e-5)
 
 
 # --- Image models: the same modes and routing over a ResNet encoder and a gated PixelCNN. ---
