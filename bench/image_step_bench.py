@@ -4,7 +4,7 @@ gradient needs as a multiple of a VAE step's (`timing.exact_savae_floor`).
 
 The default configuration is the paper's OMNIGLOT model (ResNet encoder of three 64-channel
 stages, gated PixelCNN of 12 layers of 32 channels, latent 32, 28 x 28) at batch 16, the batch
-the paper's code was measured with on this kind of CPU (paper.md 9a: VAE 0.43 s, SA-VAE K=20
+the paper's code was measured with on this kind of CPU (VAE 0.43 s, SA-VAE K=20
 16.2 s, 37.5x). Each step is `SemiAmortizedVAE.train_step` compiled with `tf.function` on one
 fixed binary batch; the median of `--repeats` calls after a warm-up.
 

@@ -1,6 +1,6 @@
 """Benchmark: time and peak memory of one training step of every variant, as a ratio to a VAE step.
 
-The text configuration the paper's code was measured with on this kind of CPU (paper.md 9a):
+The text configuration the paper's code was measured with on this kind of CPU:
 embedding 256, LSTM 256, latent 32, batch 32, 21 predicted tokens, vocabulary 10,000. Each step is
 `SemiAmortizedVAE.train_step` compiled with `tf.function`, on one fixed batch; the median of
 `--repeats` calls after a warm-up. Peak memory is TensorFlow's CPU allocator peak during the calls

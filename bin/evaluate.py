@@ -7,7 +7,7 @@
 --model is a SavedModel directory (run without any of our code), an export directory of versions
 (the newest is used) or a model directory written by a training binary. Data: --data=synthetic (the synthetic experiment's test split for --seed) or
 --sentences_file (one whitespace-tokenized sentence per line; blank lines skipped). Metric names are
-the training binaries' (DESIGN.md); see savae_tf.evaluate.evaluate_sentences for how they are
+the training binaries'; see savae_tf.evaluate.evaluate_sentences for how they are
 computed from the exported signatures.
 """
 

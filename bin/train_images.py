@@ -64,7 +64,7 @@ flags.DEFINE_integer("num_pictures", 8, "Images per row of the pictures (0: no p
                      lower_bound=0)
 FLAGS = flags.FLAGS
 
-# The paper's OMNIGLOT recipe (paper.md 8.3).
+# The paper's OMNIGLOT recipe.
 PRESETS = {"omniglot": dict(optimizer="adam", learning_rate=1e-3, max_grad_norm=5.0,
                             batch_size=50, epochs=100, warmup=10, svi_steps=20,
                             svi_step_scale="batch_mean", svi_lr=1.0, momentum=0.5, svi_max_grad_norm=5.0, latent_dim=32, enc_channels=64,

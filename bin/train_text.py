@@ -70,7 +70,7 @@ flags.register_multi_flags_validator(
     message="--train_file needs --valid_file and --test_file.")
 FLAGS = flags.FLAGS
 
-# The paper's Yahoo recipe (paper.md 8.2).
+# The paper's Yahoo recipe.
 PRESETS = {"yahoo": dict(optimizer="sgd", learning_rate=1.0, max_grad_norm=5.0, init_scale=0.1,
                          batch_size=32, decay_from_epoch=15, warmup=10, svi_steps=20,
                          svi_step_scale="batch_mean", svi_lr=1.0, momentum=0.5,

@@ -1,4 +1,4 @@
-"""The synthetic experiment's data: sequences drawn from a frozen random oracle (paper.md 11).
+"""The synthetic experiment's data (Table 1 of Kim et al. 2018): sequences from a frozen oracle.
 
 Assumptions, recorded because the paper's repository has no synthetic code:
 - the oracle is `SyntheticGenerator` (embedding 100, LSTM 100, MLP [h; z] -> 500 tanh -> 1000

@@ -1,4 +1,4 @@
-"""The generator of the paper's synthetic experiment (Table 1), as reconstructed in paper.md 11.
+"""The generator of the paper's synthetic experiment (Table 1), as reconstructed here.
 
     z ~ N(0, I_2),  h_t = LSTM(h_{t-1}, embed(x_{t-1})),  x_t ~ softmax(MLP([h_t; z]))
 
