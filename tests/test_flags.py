@@ -1,0 +1,36 @@
+"""Tests for savae_tf.flags: the refiner's convention and step size from the shared flags."""
+
+from absl import flags
+import pytest
+
+from savae_tf import flags as savae_flags
+from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
+
+
+@pytest.fixture(scope="module")
+def parse():
+  values = flags.FLAGS
+  if "svi_step_scale" not in values:  # this process's registry, defined once
+    savae_flags.define_svi_flags()
+    savae_flags.define_training_flags(epochs=1, optimizer="adam", learning_rate=1e-3, warmup=0)
+    savae_flags.define_seed_flag()
+
+  def parse_args(*args):
+    values.unparse_flags()
+    values(["prog", *args])
+    return savae_flags.model_from_flags(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2),
+                                        "savae", 2, 10).svi_config
+
+  yield parse_args
+  values.unparse_flags()
+
+
+def test_the_step_size_defaults_to_the_convention_and_batch_mean_records_the_batch(parse):
+  per_example = parse()
+  assert (per_example.step_scale, per_example.lr, per_example.batch_size) == (
+      "per_example", 0.003, None)
+  batch_mean = parse("--svi_step_scale=batch_mean", "--batch_size=16")
+  assert (batch_mean.step_scale, batch_mean.lr, batch_mean.batch_size) == ("batch_mean", 1.0, 16)
+  assert parse("--svi_lr=0.05").lr == 0.05
+  with pytest.raises(flags.IllegalFlagValueError):
+    parse("--svi_step_scale=sum")
