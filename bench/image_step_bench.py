@@ -13,10 +13,9 @@ fixed binary batch; the median of `--repeats` calls after a warm-up.
       --batch=50 --steps=10                                          # the MNIST runs of RESULTS.md
 """
 
-import os
-import platform
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# bench/timing.py, imported first: it configures TensorFlow.
+from timing import describe_machine, exact_savae_floor, measure
 
 from absl import app
 from absl import flags
@@ -27,7 +26,6 @@ import tensorflow as tf
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.image import PAPER_KERNEL_SIZES, GatedPixelCNN, ResNetEncoder
 
-from timing import exact_savae_floor, measure  # bench/timing.py
 
 flags.DEFINE_integer("latent_dim", 32, "Latent size.")
 flags.DEFINE_integer("enc_channels", 64, "Encoder channels.")
@@ -86,7 +84,7 @@ def main(_):
   for k in [int(k) for k in FLAGS.steps]:
     configs += [("svi", k, "none"), ("vae_svi", k, "none"), ("vae_svi_kl", k, "none")]
     configs += [("savae", k, g) for g in FLAGS.gradients]
-  print(f"machine: {platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}")
+  print(describe_machine())
   print(f"image model: {FLAGS.size}x{FLAGS.size}, encoder {FLAGS.enc_stages} x "
         f"{FLAGS.enc_channels} channels, PixelCNN {len(FLAGS.kernel_sizes)} layers x "
         f"{FLAGS.dec_channels} channels (kernels {','.join(FLAGS.kernel_sizes)}), latent "

@@ -11,10 +11,9 @@ Peak memory is TensorFlow's CPU allocator peak during the call, minus what was a
   python bench/refine_bench.py --steps=0,20 --modes=reverse --repeats=3
 """
 
-import os
-import platform
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# bench/timing.py, imported first: it configures TensorFlow.
+from timing import describe_machine, measure
 
 from absl import app
 from absl import flags
@@ -25,7 +24,6 @@ import tensorflow as tf
 from savae_tf import distributions
 from savae_tf import refine
 
-from timing import measure  # bench/timing.py
 
 flags.DEFINE_integer("batch", 32, "Sentences per batch.")
 flags.DEFINE_integer("length", 20, "Tokens per sentence.")
@@ -91,7 +89,7 @@ def main(_):
     return call
 
   base_time, base_mem = measure(plain_gradient, FLAGS.repeats)
-  print(f"machine: {platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}")
+  print(describe_machine())
   print(f"decoder: batch {FLAGS.batch}, length {FLAGS.length}, hidden {FLAGS.hidden}, "
         f"vocab {FLAGS.vocab}, latent {FLAGS.latent}")
   print(f"plain gradient: {base_time * 1e3:.1f} ms, peak {base_mem:.1f} MiB")

@@ -13,12 +13,11 @@ Rows: every (steps, num_samples) pair at --batch; then the target row, --total s
 samples and 20 steps, scored in batches of --batch.
 """
 
-import os
-import platform
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# bench/timing.py, imported first: it configures TensorFlow.
+from timing import describe_machine, measure
 
 from absl import app
 from absl import flags
@@ -31,7 +30,6 @@ from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.synthetic import SyntheticGenerator
 from savae_tf.networks.text import LSTMEncoder
 
-from timing import measure  # bench/timing.py
 
 flags.DEFINE_string("saved_model", None, "An export to time (default: build the synthetic one).")
 flags.DEFINE_integer("vocab", 1000, "Vocabulary of the built model.")
@@ -65,7 +63,7 @@ def main(_):
       return signatures["sample"](num=tf.constant(n), max_length=tf.constant(FLAGS.length),
                                   temperature=tf.constant(1.0), seed=tf.constant(0))["sentences"]
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}")
+    print(describe_machine())
     print(f"SavedModel: {FLAGS.saved_model or 'synthetic-size SA-VAE'}, batch {FLAGS.batch}, "
           f"{FLAGS.length} words per sentence")
     print("| steps | num_samples | s per call | sentences/s | peak MiB |")

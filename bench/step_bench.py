@@ -16,10 +16,9 @@ below.
       --gradients=reverse                                      # the PTB runs of RESULTS.md
 """
 
-import os
-import platform
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# bench/timing.py, imported first: it configures TensorFlow.
+from timing import describe_machine, exact_savae_floor, measure
 
 from absl import app
 from absl import flags
@@ -30,7 +29,6 @@ import tensorflow as tf
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
-from timing import exact_savae_floor, measure  # bench/timing.py
 
 flags.DEFINE_integer("word_dim", 256, "Embedding size.")
 flags.DEFINE_integer("hidden_dim", 256, "LSTM size.")
@@ -77,7 +75,7 @@ def main(_):
   for k in [int(k) for k in FLAGS.steps]:
     configs += [("svi", k, "none"), ("vae_svi", k, "none"), ("vae_svi_kl", k, "none")]
     configs += [("savae", k, g) for g in FLAGS.gradients]
-  print(f"machine: {platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}")
+  print(describe_machine())
   print(f"text model: embedding {FLAGS.word_dim}, LSTM {FLAGS.hidden_dim}, latent "
         f"{FLAGS.latent_dim}, vocab {FLAGS.vocab}, batch {FLAGS.batch}, {FLAGS.length} tokens")
   for k in [int(k) for k in FLAGS.steps]:

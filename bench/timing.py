@@ -1,26 +1,93 @@
 """What the step benchmarks share: the measurement (median time and allocator peak of repeated
 calls) and the least work an exact SA-VAE step needs."""
 
+import os
+import threading
 import time
+
+# Before TensorFlow loads: quiet logs, and the BFC allocator, whose statistics the peak-memory
+# figure reads (some CPU builds default to an allocator that cannot reset them).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 import numpy as np
 import tensorflow as tf
 
 
+def _rss():
+  """This process's resident memory in bytes (Linux)."""
+  with open("/proc/self/statm") as statm:
+    return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _RSSPeak:
+  """Peak resident memory of this process while in the block, sampled every millisecond."""
+
+  def __enter__(self):
+    self.done = threading.Event()
+    self.before = self.peak = _rss()
+    self.thread = threading.Thread(target=self._sample, daemon=True)
+    self.thread.start()
+    return self
+
+  def _sample(self):
+    while not self.done.wait(0.001):
+      self.peak = max(self.peak, _rss())
+
+  def __exit__(self, *exc):
+    self.done.set()
+    self.thread.join()
+
+
+def memory_source():
+  """"allocator" (TensorFlow's CPU allocator peak) where it can be reset, else "rss"."""
+  try:
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    return "allocator"
+  except (ValueError, RuntimeError, tf.errors.OpError):  # "Cannot reset memory stats"
+    return "rss"
+
+
+def describe_machine():
+  """One line naming the CPU, cores, TensorFlow, the allocator and the memory figure's source."""
+  try:
+    with open("/proc/cpuinfo") as info:
+      cpuinfo = info.read()
+  except OSError:
+    cpuinfo = ""
+  names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+           if line.startswith("model name")]
+  cpu = names[0] if names else "unknown CPU"
+  vector = "AVX-512" if "avx512f" in cpuinfo else "AVX2" if "avx2" in cpuinfo else "no AVX2"
+  return (f"machine: {cpu} ({vector}), {os.cpu_count()} cores, TF {tf.__version__}, "
+          f"TF_CPU_ALLOCATOR_USE_BFC={os.environ.get('TF_CPU_ALLOCATOR_USE_BFC')}, peak memory "
+          f"from the {memory_source()}")
+
+
 def measure(fn, repeats):
   """(median seconds per call, peak MiB allocated during the calls) after one warm-up call.
 
-  Peak is TensorFlow's CPU allocator peak minus what was allocated before the calls.
+  Peak is TensorFlow's CPU allocator peak minus what was allocated before the calls, or, where
+  the allocator cannot report it, the process's peak resident memory minus its memory before
+  (`memory_source`).
   """
   fn()  # trace and warm up
-  tf.config.experimental.reset_memory_stats("CPU:0")
-  before = tf.config.experimental.get_memory_info("CPU:0")["current"]
   times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+
+  def timed_calls():
+    for _ in range(repeats):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+
+  if memory_source() == "allocator":
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    timed_calls()
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+  else:
+    with _RSSPeak() as rss:
+      timed_calls()
+    peak = rss.peak - rss.before
   return float(np.median(times)), peak / 2**20
 
 

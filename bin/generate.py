@@ -4,11 +4,14 @@
   python bin/generate.py --model=runs/synthetic/learned-savae --reconstruct="w1 w2 w3 w4 w5"
   python bin/generate.py --model=... --sentences_file=in.txt          # reconstruct each line
   python bin/generate.py --model=... --interpolate="w1 w2 w3|w9 w8 w7" --interpolation_steps=5
+  python bin/generate.py --model=... --num=5 --beam_size=5     # the most probable sentence at z
 
 --model is a SavedModel directory, an export directory of versions (the newest is used) or a
 model directory. Reconstructions decode greedily from the refined posterior mean (K = --svi_steps)
 and print each input's `score` (nll_bound, refined_nll_bound, iw_nll, kl); interpolations decode along the line between two
-sentences' refined means; prior samples use --temperature (0 = greedy).
+sentences' refined means; prior samples use --temperature (0 = greedy). With --beam_size > 1 each
+of the three prints instead the best of a beam search at its z (the most probable sentence the
+beam finds, with its log-probability).
 """
 
 import os
@@ -40,6 +43,8 @@ flags.DEFINE_integer("score_samples", 500, "Importance samples for the inputs' i
 flags.DEFINE_integer("max_length", 30, "Tokens to generate at most.", lower_bound=1)
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature for prior samples; 0 is greedy.",
                    lower_bound=0.0)
+flags.DEFINE_integer("beam_size", 1, "Beam width; > 1 decodes every z by beam search instead of "
+                     "sampling or greedy decoding.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -52,6 +57,18 @@ def refined_means(signatures, sentences):
 
 def decode(strings):
   return [s.decode("utf-8") for s in strings.numpy()]
+
+
+def beam_decode(signatures, z):
+  """The best sentence of a beam of --beam_size at each z, with its log-probability."""
+  out = signatures["beam_search"](z=tf.convert_to_tensor(z), max_length=tf.constant(
+      FLAGS.max_length), beam_size=tf.constant(FLAGS.beam_size))
+  return [f"{sentence}  (log p {log_p:.2f})" for sentence, log_p in
+          zip(decode(out["sentences"][:, 0]), out["log_probs"][:, 0].numpy())]
+
+
+def decoding_name():
+  return f"beam of {FLAGS.beam_size}" if FLAGS.beam_size > 1 else "greedy"
 
 
 def main(_):
@@ -83,16 +100,26 @@ def main(_):
       out = signatures["sample"](num=tf.constant(FLAGS.num), max_length=length,
                                  temperature=tf.constant(FLAGS.temperature),
                                  seed=tf.constant(FLAGS.seed))
-      print(f"== {FLAGS.num} samples from the prior")
-      for sentence in decode(out["sentences"]):
+      sentences = decode(out["sentences"])
+      if FLAGS.beam_size > 1:
+        print(f"== {FLAGS.num} prior draws of z, each decoded by a beam of {FLAGS.beam_size}")
+        sentences = beam_decode(signatures, out["z"])
+      else:
+        print(f"== {FLAGS.num} samples from the prior")
+      for sentence in sentences:
         print(sentence)
     if to_reconstruct:
       batch, steps = tf.constant(to_reconstruct), tf.constant(FLAGS.svi_steps)
-      out = signatures["reconstruct"](sentences=batch, steps=steps, max_length=length)
+      if FLAGS.beam_size > 1:
+        decoded = beam_decode(signatures, refined_means(signatures, to_reconstruct))
+      else:
+        decoded = decode(signatures["reconstruct"](sentences=batch, steps=steps,
+                                                   max_length=length)["sentences"])
       scores = signatures["score"](sentences=batch, steps=steps,
                                    num_samples=tf.constant(FLAGS.score_samples))
-      print(f"== reconstructions (K = {FLAGS.svi_steps}, greedy), with each input's score")
-      for i, (source, sentence) in enumerate(zip(to_reconstruct, decode(out["sentences"]))):
+      print(f"== reconstructions (K = {FLAGS.svi_steps}, {decoding_name()}), with each input's "
+            "score")
+      for i, (source, sentence) in enumerate(zip(to_reconstruct, decoded)):
         print(f"{source}\n  -> {sentence}\n  nll_bound {scores['nll_bound'][i]:.2f}, "
               f"refined_nll_bound {scores['refined_nll_bound'][i]:.2f}, iw_nll "
               f"{scores['iw_nll'][i]:.2f} ({FLAGS.score_samples} samples), kl "
@@ -101,10 +128,14 @@ def main(_):
       ends = refined_means(signatures, pair).numpy()
       weights = np.linspace(0.0, 1.0, FLAGS.interpolation_steps)[:, None]
       z = tf.constant((1 - weights) * ends[0] + weights * ends[1], tf.float32)
-      out = signatures["generate"](z=z, max_length=length, temperature=tf.constant(0.0),
-                                   seed=tf.constant(FLAGS.seed))
-      print(f"== interpolation (greedy): {pair[0]}  ->  {pair[1]}")
-      for weight, sentence in zip(weights[:, 0], decode(out["sentences"])):
+      if FLAGS.beam_size > 1:
+        decoded = beam_decode(signatures, z)
+      else:
+        decoded = decode(signatures["generate"](z=z, max_length=length,
+                                                temperature=tf.constant(0.0),
+                                                seed=tf.constant(FLAGS.seed))["sentences"])
+      print(f"== interpolation ({decoding_name()}): {pair[0]}  ->  {pair[1]}")
+      for weight, sentence in zip(weights[:, 0], decoded):
         print(f"{weight:.2f}  {sentence}")
   except tf.errors.InvalidArgumentError as error:
     sys.exit(f"error: the model rejected the input: {export.error_message(error)}")

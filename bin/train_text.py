@@ -94,7 +94,8 @@ def build_model(vocabulary, steps_per_epoch):
                         init_scale=init)
   latent = 0 if FLAGS.model == "autoreg" else FLAGS.latent_dim
   decoder = LSTMDecoder(len(vocabulary), FLAGS.dec_word_dim, FLAGS.dec_h_dim, latent,
-                        dropout=FLAGS.dropout, init_scale=init)
+                        dropout=FLAGS.dropout, init_scale=init,
+                        use_cudnn=savae_flags.decoder_use_cudnn(FLAGS.model))
   return savae_flags.model_from_flags(decoder, encoder, FLAGS.model, FLAGS.latent_dim,
                                       steps_per_epoch)
 

@@ -102,6 +102,10 @@ class ModelExport(tf.Module):
         num, message="num must be >= 0")]):
       return tf.random.stateless_normal([num, self.latent_dim], tf.stack([seed, 1]))
 
+  def extra_signatures(self):
+    """The signatures only this data kind has."""
+    return {}
+
   def latent(self, z):  # decoders without a latent take no z
     return z if self.latent_dim else None
 
@@ -109,7 +113,7 @@ class ModelExport(tf.Module):
     """{name: concrete function}; in memory they take the same keyword inputs as when loaded."""
     functions = {"score": self.score, "encode": self.encode, "refine": self.refine,
                  "generate": self.generate, "sample": self.sample,
-                 "reconstruct": self.reconstruct}
+                 "reconstruct": self.reconstruct, **self.extra_signatures()}
     concrete = {name: f.get_concrete_function() for name, f in functions.items()}
     return {"serving_default": concrete["score"], **concrete}
 
@@ -145,7 +149,21 @@ class TextModelExport(ModelExport):
       _, out = self.decode(mean, max_length, 0.0, 0, tf.shape(sentences)[0])
       return {"sentences": out}
 
+    @tf.function(input_signature=[latent_spec, _INT("max_length"), _INT("beam_size")])
+    def beam_search(z, max_length, beam_size):
+      beams = decoding.beam_search(self.model.decoder, self.latent(z), self.bos, self.eos,
+                                   max_length, beam_size, self.pad, tf.shape(z)[0])
+      batch, length = tf.shape(beams.tokens)[0], tf.shape(beams.tokens)[2]
+      sentences = self.spell(tf.reshape(beams.tokens, [-1, length]),
+                             tf.reshape(beams.lengths, [-1]))
+      return {"sentences": tf.reshape(sentences, [batch, beam_size]), "tokens": beams.tokens,
+              "log_probs": beams.log_probs}
+
     self.generate, self.sample, self.reconstruct = generate, sample, reconstruct
+    self.beam_search = beam_search
+
+  def extra_signatures(self):
+    return {"beam_search": self.beam_search}
 
   def read(self, inputs):
     """{"tokens": [B, T] `<s> w.. [</s>]` padded, "lengths": [B]}, with the contract's errors."""
@@ -175,11 +193,14 @@ class TextModelExport(ModelExport):
     """Tokens drawn from p(x | z) and the sentences they spell (cut before `</s>`)."""
     decoded = decoding.decode(self.model.decoder, self.latent(z), self.bos, max_length,
                               temperature, tf.stack([seed, 0]), self.eos, self.pad, batch_size)
-    words_kept = decoded.lengths - (0 if self.eos is None else tf.cast(
-        tf.reduce_any(tf.equal(decoded.tokens, self.eos), axis=1), tf.int32))
-    kept = tf.RaggedTensor.from_tensor(decoded.tokens, lengths=words_kept)
-    sentences = tf.strings.reduce_join(tf.gather(self.vocab_words, kept), axis=-1, separator=" ")
-    return decoded, sentences
+    return decoded, self.spell(decoded.tokens, decoded.lengths)
+
+  def spell(self, tokens, lengths):
+    """The sentences that tokens [B, L] (lengths [B], `</s>` included) spell, cut before `</s>`."""
+    words_kept = lengths - (0 if self.eos is None else tf.cast(
+        tf.reduce_any(tf.equal(tokens, self.eos), axis=1), tf.int32))
+    kept = tf.RaggedTensor.from_tensor(tokens, lengths=words_kept)
+    return tf.strings.reduce_join(tf.gather(self.vocab_words, kept), axis=-1, separator=" ")
 
 
 class ImageModelExport(ModelExport):

@@ -36,8 +36,8 @@ def define_svi_flags():
       "How gradients flow through the refinement: 'unrolled' (exact, memory grows with K), "
       "'reverse' (exact Hessian-vector products, memory flat in K), 'finite_difference' "
       "(approximate; first-order gradients only, so it runs on cuDNN LSTM kernels), 'none'. "
-      "The exact modes need second-order gradients, which cuDNN LSTM kernels lack: on GPU they "
-      "run the LSTMs with use_cudnn=False.")
+      "The exact modes need second-order gradients, which cuDNN LSTM kernels lack: with them "
+      "an SA-VAE's decoder never runs cuDNN.")
 
 
 def define_training_flags(epochs: int, optimizer: str, learning_rate: float, warmup: int,
@@ -105,6 +105,12 @@ def apply_preset(presets: Dict[str, Dict[str, Any]]):
   for name, value in presets.get(flags.FLAGS.preset, {}).items():
     if not flags.FLAGS[name].present:
       flags.FLAGS[name].value = value
+
+
+def decoder_use_cudnn(mode: str):
+  """`use_cudnn` for the decoder of `mode`: False where it runs inside an exact refinement
+  (cuDNN has no second-order gradient), else "auto" (cuDNN when a GPU is present)."""
+  return False if mode == "savae" and flags.FLAGS.refine_gradient in svi.EXACT_MODES else "auto"
 
 
 def model_from_flags(decoder, encoder, mode: str, latent_dim: int,

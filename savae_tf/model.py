@@ -155,7 +155,7 @@ class SemiAmortizedVAE(keras.Model):
     """
     Args:
       decoder: a layer with `data_kind` ("text" or "images"), `floats_per_target`,
-        `prepare(inputs, training)` and `logits(context, z, training, seed)`.
+        `prepare(inputs, training, seed)` and `logits(context, z, training, seed)`.
       encoder: a layer `(*Observation.encoder_inputs, training) -> GaussianParams`; required by
         vae, vae_svi, vae_svi_kl and savae, unused by autoreg and svi.
       kl_warmup_steps: batches over which the KL weight beta rises linearly from `kl_start` to 1:
@@ -175,6 +175,12 @@ class SemiAmortizedVAE(keras.Model):
     needs_encoder = mode in ("vae", "vae_svi", "vae_svi_kl", "savae")
     if needs_encoder and encoder is None:
       raise ValueError(f"mode {mode!r} needs an encoder.")
+    if (mode == "savae" and svi_config.gradient in svi.EXACT_MODES
+        and not getattr(decoder, "has_second_order_gradient", True)):
+      raise ValueError(
+          f"Refine gradient {svi_config.gradient!r} differentiates the decoder's gradient, and "
+          "the decoder would run cuDNN's LSTM kernel, which has no second-order gradient. Build "
+          "the decoder with use_cudnn=False, or use gradient 'finite_difference'.")
     self.decoder = decoder
     self.encoder = encoder if needs_encoder else None
     self.mode = mode
@@ -278,7 +284,10 @@ class SemiAmortizedVAE(keras.Model):
     """
     refine = self.refines if refine is None else refine
     obs = self.observe(data)
-    context = self.decoder.prepare(obs.decoder_inputs, training=training)
+    # The decoder's z-independent work (and its dropout masks) once per batch, shared by lambda_0's,
+    # every refinement step's and lambda_K's loss.
+    context = self.decoder.prepare(obs.decoder_inputs, training=training,
+                                   seed=distributions.fold_in(seed, 3) if training else None)
     out = {"tokens": obs.units()}
     seed_0, seed_k, seed_refine = self.split_seed(seed)
     # Over the whole batch, across tf.distribute replicas: the replicas' gradients, which the

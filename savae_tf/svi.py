@@ -41,6 +41,7 @@ import tensorflow as tf
 from savae_tf.distributions import GaussianParams
 
 GRADIENT_MODES = ("unrolled", "reverse", "finite_difference", "none")
+EXACT_MODES = ("unrolled", "reverse")  # the modes that differentiate gradients (second order)
 STEP_SCALES = ("per_example", "batch_mean")
 
 # Perturbation length |h u| of the central-difference Hessian-vector product, per dtype. Central

@@ -98,6 +98,21 @@ def test_binary_runs(name, tmp_path, text_corpus):
   assert expected in result.stdout
 
 
+def test_generate_decodes_every_z_by_beam_search(tmp_path):
+  model_dir, _ = tiny_model(tmp_path)
+  result = run_binary("generate.py", [f"--model={model_dir}", "--num=2", "--reconstruct=w1 w2 w3",
+                                      "--interpolate=w1 w2|w3 w4", "--interpolation_steps=3",
+                                      "--max_length=4", "--beam_size=3"], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert "each decoded by a beam of 3" in out and "(K = 20, beam of 3)" in out
+  assert "interpolation (beam of 3)" in out
+  # Every printed sentence carries its log-probability: 2 samples, 1 reconstruction, 3 points.
+  log_ps = [float(line.split("log p ")[1].rstrip(")")) for line in out.splitlines()
+            if "(log p " in line]
+  assert len(log_ps) == 6 and all(v < 0 for v in log_ps)
+
+
 def test_refine_demo_refinement_tightens_the_bound_and_modes_agree(tmp_path):
   result = run_binary("refine_demo.py", ["--svi_steps=10"], tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -160,6 +175,8 @@ BENCH_RUNS = {
                             "--size=6", "--batch=3"],
     "score_bench.py": ["--vocab=20", "--hidden=4", "--mlp=8", "--batch=4", "--num_samples=1,3",
                        "--steps=0,2", "--total=8", "--repeats=1"],
+    "generate_bench.py": ["--word_dim=4", "--hidden_dim=6", "--latent_dim=2", "--vocab=20",
+                          "--batch=3", "--lengths=2,5", "--repeats=1"],
 }
 
 

@@ -71,3 +71,66 @@ def test_images_are_drawn_pixel_by_pixel_from_the_decoders_conditionals():
   np.testing.assert_array_equal(again.samples, samples)
   baseline = GatedPixelCNN(0, channels=4, kernel_sizes=(3,), image_shape=(4, 5))
   assert decoding.sample_images(baseline, None, seed, batch_size=2).samples.shape == (2, 4, 5, 1)
+
+
+def decode_by_rerunning_the_prefix(dec, z, max_length, temperature, seed):
+  """The quadratic reference: every step reruns the decoder over the whole prefix."""
+  batch = z.shape[0]
+  tokens = np.full((batch, max_length + 1), PAD, np.int32)
+  tokens[:, 0] = BOS
+  for t in range(max_length):
+    logits = dec(tf.constant(tokens), z)[:, t]
+    drawn = tf.random.stateless_categorical(logits / max(temperature, 1e-6), 1,
+                                            tf.random.experimental.stateless_fold_in(seed, t),
+                                            dtype=tf.int32)[:, 0]
+    tokens[:, t + 1] = drawn if temperature > 0 else tf.argmax(logits, -1)
+  return tokens[:, 1:]
+
+
+def test_carrying_the_state_draws_the_sentences_rerunning_the_prefix_draws():
+  dec = decoder()
+  z = tf.constant(np.random.default_rng(2).normal(size=(50, 2)), tf.float32)
+  for temperature in (1.0, 0.0):
+    out = decoding.decode(dec, z, BOS, 7, temperature, tf.constant([3, 1]))
+    np.testing.assert_array_equal(
+        out.tokens, decode_by_rerunning_the_prefix(dec, z, 7, temperature, tf.constant([3, 1])))
+
+
+def sequence_log_prob(dec, z, tokens):
+  """log p(tokens | z) of one sentence (tokens without <s>), by one decoder pass."""
+  inputs = tf.constant([[BOS] + list(tokens)])
+  log_probs = tf.nn.log_softmax(dec(inputs, z[None]))[0]
+  return float(sum(log_probs[t, token] for t, token in enumerate(tokens)))
+
+
+def test_beam_search_finds_the_most_probable_sentence_when_the_beam_holds_them_all():
+  dec, z = decoder(), tf.constant([[0.3, -1.0], [1.5, 0.2]])
+  length = 3
+  beams = decoding.beam_search(dec, z, BOS, EOS, length, VOCAB ** (length - 1), PAD)
+  for row in range(2):
+    # Every sentence of at most `length` tokens (ending at EOS, or running to the limit).
+    candidates = []
+    for prefix in np.ndindex(*(VOCAB,) * length):
+      cut = prefix.index(EOS) + 1 if EOS in prefix else length
+      candidates.append(tuple(prefix[:cut]))
+    scores = {c: sequence_log_prob(dec, z[row], c) for c in set(candidates)}
+    best = max(scores, key=scores.get)
+    n = int(beams.lengths[row, 0])
+    assert tuple(beams.tokens[row, 0, :n].numpy()) == best
+    assert (beams.tokens[row, 0, n:].numpy() == PAD).all()
+    np.testing.assert_allclose(beams.log_probs[row, 0], scores[best], rtol=1e-5)
+    # Every returned hypothesis is scored by its exact log-probability, best first.
+    for k in range(5):
+      n = int(beams.lengths[row, k])
+      np.testing.assert_allclose(beams.log_probs[row, k],
+                                 scores[tuple(beams.tokens[row, k, :n].numpy())], rtol=1e-5)
+    assert np.all(np.diff(beams.log_probs[row].numpy()) <= 1e-6)
+
+
+def test_a_beam_of_one_is_greedy_decoding():
+  dec = decoder()
+  z = tf.constant(np.random.default_rng(3).normal(size=(20, 2)), tf.float32)
+  greedy = decoding.decode(dec, z, BOS, 8, 0.0, tf.constant([0, 0]), eos_id=EOS, pad_id=PAD)
+  beams = decoding.beam_search(dec, z, BOS, EOS, 8, 1, PAD)
+  np.testing.assert_array_equal(beams.tokens[:, 0], greedy.tokens)
+  np.testing.assert_array_equal(beams.lengths[:, 0], greedy.lengths)

@@ -19,7 +19,8 @@ from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
 SENTENCES = ["the cat sat on the mat", "a dog ran", "the mat"]
 CORPUS = SENTENCES + ["the dog sat", "a cat ran on the mat"]
-SIGNATURES = {"serving_default", "score", "encode", "refine", "generate", "sample", "reconstruct"}
+SIGNATURES = {"serving_default", "score", "encode", "refine", "generate", "sample", "reconstruct",
+              "beam_search"}
 
 
 def text_model(mode="savae"):
@@ -79,6 +80,9 @@ def call_all(functions):
                                     temperature=tf.constant(0.7), seed=tf.constant(9)),
       "reconstruct": functions["reconstruct"](sentences=s, steps=tf.constant(2),
                                               max_length=tf.constant(8)),
+      "beam_search": functions["beam_search"](z=tf.constant([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]]),
+                                              max_length=tf.constant(6),
+                                              beam_size=tf.constant(3)),
   }
 """ % (SENTENCES,)
 exec(CALL_ALL)
@@ -133,6 +137,7 @@ def test_saved_model_cli_shows_every_signature_with_its_dtypes(text_export):
       "generate": {"sentences": "DT_STRING", "tokens": "DT_INT32"},
       "sample": {"z": "DT_FLOAT", "sentences": "DT_STRING"},
       "reconstruct": {"sentences": "DT_STRING"},
+      "beam_search": {"sentences": "DT_STRING", "tokens": "DT_INT32", "log_probs": "DT_FLOAT"},
   }
   inputs = {
       "score": {"sentences": "DT_STRING", "steps": "DT_INT32", "num_samples": "DT_INT32"},
@@ -144,6 +149,7 @@ def test_saved_model_cli_shows_every_signature_with_its_dtypes(text_export):
       "sample": {"num": "DT_INT32", "max_length": "DT_INT32", "temperature": "DT_FLOAT",
                  "seed": "DT_INT32"},
       "reconstruct": {"sentences": "DT_STRING", "steps": "DT_INT32", "max_length": "DT_INT32"},
+      "beam_search": {"z": "DT_FLOAT", "max_length": "DT_INT32", "beam_size": "DT_INT32"},
   }
   for name in expected:
     taken, returned = blocks[name].split("following input(s):")[1].split("following output(s):")
@@ -247,6 +253,8 @@ def test_a_batch_of_one_and_of_a_thousand(text_export, batch):
     (lambda f: f["sample"](num=tf.constant(-1), max_length=tf.constant(3),
                            temperature=tf.constant(1.0), seed=tf.constant(0)),
      "num must be >= 0"),
+    (lambda f: f["beam_search"](z=tf.zeros([1, 3]), max_length=tf.constant(3),
+                                beam_size=tf.constant(0)), "beam_size must be >= 1"),
 ])
 def test_bad_input_is_an_error_that_names_the_problem(text_export, call, message):
   _, _, path = text_export
@@ -278,6 +286,24 @@ def test_generation_stops_at_the_end_token_and_greedy_is_deterministic(text_expo
   greedy = [generate(z=z, max_length=tf.constant(12), temperature=tf.constant(0.0),
                      seed=tf.constant(seed))["tokens"].numpy() for seed in (1, 2)]
   np.testing.assert_array_equal(greedy[0], greedy[1])
+
+
+def test_beam_search_ranks_its_sentences_and_a_beam_of_one_is_greedy(text_export):
+  _, vocabulary, path = text_export
+  loaded = tf.saved_model.load(path).signatures
+  z = tf.constant(np.random.default_rng(1).normal(size=(16, 3)), tf.float32)
+  beams = loaded["beam_search"](z=z, max_length=tf.constant(10), beam_size=tf.constant(4))
+  assert beams["sentences"].shape == (16, 4) and beams["tokens"].shape == (16, 4, 10)
+  assert np.all(np.diff(beams["log_probs"].numpy(), axis=1) <= 1e-6)
+  for tokens, sentence in zip(beams["tokens"].numpy()[:, 0], beams["sentences"].numpy()[:, 0]):
+    words = [vocabulary.words[t] for t in tokens]
+    assert sentence.decode() == " ".join(words[:words.index("</s>")] if "</s>" in words
+                                         else words)
+  one = loaded["beam_search"](z=z, max_length=tf.constant(10), beam_size=tf.constant(1))
+  greedy = loaded["generate"](z=z, max_length=tf.constant(10), temperature=tf.constant(0.0),
+                              seed=tf.constant(0))
+  np.testing.assert_array_equal(one["tokens"][:, 0], greedy["tokens"])
+  np.testing.assert_array_equal(one["sentences"][:, 0], greedy["sentences"])
 
 
 def test_the_language_model_exports_with_an_empty_latent(tmp_path):

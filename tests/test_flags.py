@@ -4,6 +4,7 @@ from absl import flags
 import pytest
 
 from savae_tf import flags as savae_flags
+from savae_tf.networks import text
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
 
@@ -34,3 +35,28 @@ def test_the_step_size_defaults_to_the_convention_and_batch_mean_records_the_bat
   assert parse("--svi_lr=0.05").lr == 0.05
   with pytest.raises(flags.IllegalFlagValueError):
     parse("--svi_step_scale=sum")
+
+
+def as_on_a_gpu(use_cudnn):
+  return use_cudnn is True or use_cudnn == "auto"
+
+
+@pytest.mark.parametrize("mode", ["autoreg", "vae", "vae_svi", "savae"])
+@pytest.mark.parametrize("gradient", ["unrolled", "reverse", "finite_difference", "none"])
+def test_only_a_decoder_inside_an_exact_refinement_is_kept_off_cudnn(parse, monkeypatch, mode,
+                                                                      gradient):
+  parse(f"--refine_gradient={gradient}")
+  monkeypatch.setattr(text, "runs_keras_lstm", as_on_a_gpu)
+  decoder = LSTMDecoder(9, 4, 4, 2, use_cudnn=savae_flags.decoder_use_cudnn(mode))
+  model = savae_flags.model_from_flags(decoder, LSTMEncoder(9, 4, 4, 2), mode, 2, 10)
+  exact = mode == "savae" and gradient in ("unrolled", "reverse")
+  # Exact refinement: the hand-written recurrence; otherwise Keras' layer, free to pick cuDNN.
+  assert model.decoder.has_second_order_gradient == exact
+  assert model.decoder.use_cudnn == (False if exact else "auto")
+
+
+def test_an_exact_refinement_refuses_a_decoder_that_would_run_cudnn(parse, monkeypatch):
+  parse("--refine_gradient=reverse")
+  monkeypatch.setattr(text, "runs_keras_lstm", as_on_a_gpu)
+  with pytest.raises(ValueError, match="no second-order gradient"):
+    savae_flags.model_from_flags(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), "savae", 2, 10)

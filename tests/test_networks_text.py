@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from savae_tf import objectives
+from savae_tf.networks import text
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
 VOCAB = 13
@@ -95,3 +96,143 @@ def test_config_round_trip(cls, args):
   clone = cls.from_config(layer.get_config())
   assert clone.get_config() == layer.get_config()
   assert [v.shape for v in clone.weights] == [v.shape for v in layer.weights]
+
+
+def test_lstm_sequence_computes_the_keras_lstm_with_masks():
+  keras.utils.set_random_seed(4)
+  layer = keras.layers.LSTM(6, return_sequences=True, return_state=True)
+  inputs = tf.random.normal([3, 7, 5])
+  _, lengths = ragged_batch()
+  mask = tf.sequence_mask(lengths, 7)
+  h0, c0 = tf.random.normal([3, 6]), tf.random.normal([3, 6])
+  for kwargs in ({}, {"mask": mask}):
+    expected, h, c = layer(inputs, initial_state=[h0, c0], **kwargs)
+    outputs, state = text.lstm_sequence(layer, text.input_gates(layer, inputs),
+                                        text.LSTMState(h0, c0), **kwargs)
+    np.testing.assert_allclose(state.h, h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.c, c, rtol=1e-5, atol=1e-6)
+    real = mask if kwargs else tf.ones_like(mask)  # Keras' outputs at masked steps differ
+    np.testing.assert_allclose(tf.boolean_mask(outputs, real), tf.boolean_mask(expected, real),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("latent_dim", [0, 3])
+def test_the_hoisted_recurrence_and_the_keras_layer_give_the_same_model(latent_dim,
+                                                                         monkeypatch):
+  keras.utils.set_random_seed(5)
+  decoder = LSTMDecoder(VOCAB, 4, 6, latent_dim, dropout=0.3)
+  encoder = LSTMEncoder(VOCAB, 4, 6, 3)
+  tokens, lengths = ragged_batch()
+  z = tf.random.normal([3, 3]) if latent_dim else None
+  seed = tf.constant([3, 1])
+
+  def run():
+    return (decoder(tokens, z), decoder(tokens, z, training=True, seed=seed),
+            *encoder(tokens, lengths))
+
+  ours = run()
+  monkeypatch.setattr(text, "runs_keras_lstm", lambda use_cudnn: True)
+  for a, b in zip(ours, run()):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_one_embedding_dropout_mask_per_batch_shared_by_every_z():
+  keras.utils.set_random_seed(6)
+  decoder = LSTMDecoder(VOCAB, 8, 8, 2, dropout=0.5)
+  tokens, _ = ragged_batch()
+  context = decoder.prepare(tokens, training=True, seed=tf.constant([5, 5]))
+  np.testing.assert_array_equal(context, decoder.prepare(tokens, True, tf.constant([5, 5])))
+  assert float(tf.reduce_max(tf.abs(
+      context - decoder.prepare(tokens, True, tf.constant([5, 6]))))) > 1e-3
+  # The mask lives in the context, so logits at any z (any refinement step) see the same one:
+  # with output dropout off, training logits equal evaluation logits of the dropped context.
+  decoder.dropout = 0.0
+  z = tf.random.normal([3, 2])
+  np.testing.assert_allclose(decoder.logits(context, z, training=True, seed=tf.constant([1, 1])),
+                             decoder.logits(context, z), rtol=1e-6)
+
+
+def test_second_order_gradient_through_the_recurrence_matches_differences_in_float64():
+  keras.backend.set_floatx("float64")
+  try:
+    keras.utils.set_random_seed(7)
+    decoder = LSTMDecoder(VOCAB, 4, 5, 2, dtype="float64")
+    tokens, lengths = ragged_batch()
+    mask = objectives.target_mask(lengths, 6)
+    context = decoder.prepare(tokens)
+    z = tf.constant(np.random.default_rng(0).normal(size=(3, 2)))
+    u = tf.constant(np.random.default_rng(1).normal(size=(3, 2)))
+
+    def gradient(z):
+      with tf.GradientTape() as tape:
+        tape.watch(z)
+        nll = tf.reduce_sum(objectives.token_nll(decoder.logits(context, z), tokens[:, 1:], mask))
+      return tape.gradient(nll, z)
+
+    with tf.GradientTape() as outer:
+      outer.watch(z)
+      directional = tf.reduce_sum(gradient(z) * u)
+    hvp = outer.gradient(directional, z)
+    h = 1e-5
+    numerical = (gradient(z + h * u) - gradient(z - h * u)) / (2 * h)
+    np.testing.assert_allclose(hvp, numerical, rtol=1e-6, atol=1e-8)
+  finally:
+    keras.backend.set_floatx("float32")
+
+
+@pytest.mark.parametrize("latent_dim", [0, 2])
+def test_step_carries_the_state_as_the_whole_sequence_does(latent_dim):
+  keras.utils.set_random_seed(8)
+  decoder = LSTMDecoder(VOCAB, 4, 6, latent_dim)
+  tokens, _ = ragged_batch()
+  z = tf.random.normal([3, 2]) if latent_dim else None
+  expected = decoder(tokens, z)
+  state = decoder.initial_state(z, 3)
+  for t in range(tokens.shape[1] - 1):
+    logits, state = decoder.step(tokens[:, t], z, state)
+    np.testing.assert_allclose(logits, expected[:, t], rtol=1e-5, atol=1e-6)
+
+
+def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_float64():
+  rng = np.random.default_rng(9)
+  batch, steps, hidden = 3, 7, 4
+  layer = keras.layers.LSTM(hidden, dtype="float64")
+  layer.build((None, None, 2))
+  gates = tf.constant(rng.normal(size=(batch, steps, 4 * hidden)))
+  state = text.LSTMState(tf.constant(rng.normal(size=(batch, hidden))),
+                         tf.constant(rng.normal(size=(batch, hidden))))
+  _, lengths = ragged_batch()
+  mask = tf.sequence_mask(lengths, steps)
+  weights = tf.constant(rng.normal(size=(batch, steps, hidden)))
+  kernel = layer.cell.recurrent_kernel
+
+  def loss(outputs, final):
+    return tf.reduce_sum(outputs * weights) + tf.reduce_sum(final.h * final.c)
+
+  def reference():  # the recurrence step by step, differentiated by TensorFlow
+    h, c, outputs = state.h, state.c, []
+    for t in range(steps):
+      new = text.lstm_cell(gates[:, t], text.LSTMState(h, c), tf.convert_to_tensor(kernel))
+      keep = mask[:, t, None]
+      h, c = tf.where(keep, new.h, h), tf.where(keep, new.c, c)
+      outputs.append(h)
+    return loss(tf.stack(outputs, 1), text.LSTMState(h, c))
+
+  sources = [gates, state.h, state.c, kernel]
+  with tf.GradientTape() as tape:
+    tape.watch(sources[:3])
+    expected_value = reference()
+  expected = tape.gradient(expected_value, sources)
+  def gradient():
+    with tf.GradientTape() as tape:
+      tape.watch(sources[:3])
+      value = loss(*text.lstm_sequence(layer, gates, state, mask))
+    return value, tape.gradient(value, sources)
+
+  results = [gradient()]  # no other tape: the gradient uses the saved forward sweep
+  with tf.GradientTape():
+    results.append(gradient())  # a recording tape: the gradient recomputes the sweep
+  for value, got in results:
+    np.testing.assert_allclose(value, expected_value, rtol=1e-12)
+    for a, b in zip(got, expected):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

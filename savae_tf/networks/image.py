@@ -5,7 +5,7 @@ means). The decoder models p(x | z) = prod_i Bernoulli(x_i; sigmoid(logit_i(x_<i
 in raster order (row by row, left to right).
 
 `GatedPixelCNN` has the decoder interface `SemiAmortizedVAE` and `refine` use:
-  `prepare(images, training)`: the work that does not depend on z (here: the images themselves);
+  `prepare(images, training, seed)`: the work that does not depend on z (here: the images themselves);
   `logits(context, z, training, seed)`: Bernoulli logits [batch, height, width, 1].
 """
 
@@ -107,8 +107,8 @@ class GatedPixelCNN(keras.layers.Layer):
     outputs: about 8 C), which sizes the importance-sampling chunks."""
     return 8 * self.channels
 
-  def prepare(self, images, training=False):
-    del training
+  def prepare(self, images, training=False, seed=None):
+    del training, seed  # no dropout
     return images
 
   def logits(self, context, z=None, training=False, seed=None):

@@ -8,7 +8,8 @@ token (id `vocab_size`) that is only ever an input. The oracle's weights (scaled
 NLL and plain SVI's gap match the paper's) are drawn in savae_tf/data/synthetic.py.
 
 z enters only the MLP, so the LSTM states do not depend on z: `prepare` computes them once per
-batch and the K refinement steps only rerun the MLP.
+batch and the K refinement steps only rerun the MLP. Generation carries the LSTM state
+(`initial_state`, `step`), one token at a time.
 """
 
 from typing import Optional
@@ -57,15 +58,28 @@ class SyntheticGenerator(keras.layers.Layer):
             "hidden_dim": self.hidden_dim, "mlp_dim": self.mlp_dim,
             "latent_dim": self.latent_dim, "init_scale": self.init_scale}
 
-  def prepare(self, tokens, training=False):
-    del training
-    return self.lstm(self.embed(tokens[:, :-1]))
+  def prepare(self, tokens, training=False, seed=None):
+    del training, seed  # no dropout
+    embedded = self.embed(tokens[:, :-1])
+    if text.runs_keras_lstm(self.lstm.use_cudnn):
+      return self.lstm(embedded)
+    return text.lstm_sequence(self.lstm, text.input_gates(self.lstm, embedded))[0]
 
   def logits(self, context, z, training=False, seed=None):
     del training, seed  # no dropout
     steps = tf.shape(context)[1]
     return self.out(self.hidden(
         tf.concat([context, tf.repeat(z[:, None, :], steps, axis=1)], axis=-1)))
+
+  def initial_state(self, z, batch_size=None) -> text.LSTMState:
+    zeros = tf.zeros([tf.shape(z)[0] if batch_size is None else batch_size, self.hidden_dim])
+    return text.LSTMState(zeros, zeros)
+
+  def step(self, tokens, z, state: text.LSTMState):
+    """Logits [batch, vocab] for the next token after `tokens` [batch], and the new state."""
+    state = text.lstm_cell(text.input_gates(self.lstm, self.embed(tokens)), state,
+                           text.recurrent_kernel_of(self.lstm, tf.float32))
+    return self.out(self.hidden(tf.concat([state.h, z], axis=-1))), state
 
   def call(self, tokens, z, training=False, seed=None):
     return self.logits(self.prepare(tokens), z)
