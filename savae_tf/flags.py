@@ -13,8 +13,14 @@ from savae_tf import training
 from savae_tf.model import DEFAULT_SVI_LR, SemiAmortizedVAE, SVIConfig
 
 
-def define_svi_flags():
-  """The refiner's settings (train and test time)."""
+# The step size --svi_lr defaults to, per convention; a binary sets its data's per-example step.
+_DEFAULT_SVI_LR = dict(DEFAULT_SVI_LR)
+
+
+def define_svi_flags(per_example_lr: float = DEFAULT_SVI_LR["per_example"]):
+  """The refiner's settings (train and test time); `per_example_lr` is this binary's default
+  step under the per-example convention (each data kind's is chosen on its validation data)."""
+  _DEFAULT_SVI_LR["per_example"] = per_example_lr
   flags.DEFINE_integer("svi_steps", 20, "Refinement steps K (0 = no refinement).", lower_bound=0)
   flags.DEFINE_enum(
       "svi_step_scale", "per_example", svi.STEP_SCALES,
@@ -25,7 +31,7 @@ def define_svi_flags():
       "Evaluation and exported models always refine per example (batch_mean models with "
       "svi_lr / batch_size and a clip of svi_max_grad_norm * batch_size).")
   flags.DEFINE_float("svi_lr", None, "Refinement step size, for both mean and logvar (default: "
-                     + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_SVI_LR.items()) + ").")
+                     + ", ".join(f"{v:g} for {k}" for k, v in _DEFAULT_SVI_LR.items()) + ").")
   flags.DEFINE_float("momentum", 0.5, "Heavy-ball momentum of the refinement.")
   flags.DEFINE_float(
       "svi_max_grad_norm", 5.0,
@@ -90,7 +96,7 @@ def svi_max_grad_norm(value: float):
 def svi_lr() -> float:
   """--svi_lr, or the default of --svi_step_scale's convention."""
   f = flags.FLAGS
-  return DEFAULT_SVI_LR[f.svi_step_scale] if f.svi_lr is None else f.svi_lr
+  return _DEFAULT_SVI_LR[f.svi_step_scale] if f.svi_lr is None else f.svi_lr
 
 
 def svi_settings() -> Dict[str, Any]:

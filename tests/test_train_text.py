@@ -33,6 +33,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, te
   args = ["--epochs=4", "--checkpoint_every=3"]
   whole = run(args + ["--model_dir=whole"], tmp_path)
   assert whole.returncode == 0, whole.stderr[-3000:]
+  # Text's own default step (per example), recorded with the model.
+  svi_config = json.loads((tmp_path / "whole" / "config.json").read_text())["svi_config"]
+  assert (svi_config["step_scale"], svi_config["lr"]) == ("per_example", 0.03)
   # Kill -9 as soon as a mid-epoch checkpoint of the second epoch exists (20 batches an epoch).
   process = subprocess.Popen(command(*args, "--model_dir=killed"), cwd=tmp_path, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
