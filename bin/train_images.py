@@ -31,7 +31,8 @@ from savae_tf.data import images
 from savae_tf.model import MODES
 from savae_tf.networks.image import PAPER_KERNEL_SIZES, GatedPixelCNN, ResNetEncoder
 
-savae_flags.define_svi_flags()
+# Per-example step for images: chosen on the MNIST subset's validation data (RESULTS.md).
+savae_flags.define_svi_flags(per_example_lr=0.02)
 savae_flags.define_seed_flag()
 savae_flags.define_training_flags(epochs=100, optimizer="adam", learning_rate=1e-3, warmup=10,
                                   batch_size=50)

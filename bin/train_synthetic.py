@@ -30,7 +30,8 @@ from savae_tf.model import MODES
 from savae_tf.networks.synthetic import SyntheticGenerator
 from savae_tf.networks.text import LSTMEncoder
 
-savae_flags.define_svi_flags()
+# Per-example step for the synthetic data: chosen on its validation set (RESULTS.md).
+savae_flags.define_svi_flags(per_example_lr=0.003)
 savae_flags.define_seed_flag()
 savae_flags.define_training_flags(epochs=5, optimizer="adam", learning_rate=1e-3, warmup=0)
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help

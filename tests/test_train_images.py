@@ -44,6 +44,9 @@ def test_a_run_writes_metrics_pictures_and_a_loadable_model(tmp_path, mode):
   expected = {"nll_bound", "kl", "iw_nll"} | ({"active_units"} if mode != "autoreg" else set())
   assert expected <= set(report["test"]) and "ppl_bound" not in report["test"]
   assert report["flags"]["model"] == mode
+  if mode == "savae":  # images' own default step (per example), recorded with the model
+    svi_config = json.loads((tmp_path / "run" / "config.json").read_text())["svi_config"]
+    assert (svi_config["step_scale"], svi_config["lr"]) == ("per_example", 0.02)
   names = {"samples"} | ({"reconstructions", "traversal"} if mode != "autoreg" else set())
   assert {p.stem for p in (tmp_path / "run" / "pictures").glob("*.png")} == names
   samples = tf.io.decode_png(tf.io.read_file(str(tmp_path / "run" / "pictures" / "samples.png")))
