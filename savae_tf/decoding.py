@@ -47,8 +47,9 @@ def decode(decoder, z, bos_id: int, max_length, temperature, seed, eos_id: Optio
   temperature = tf.convert_to_tensor(temperature, tf.float32)
   checks = [tf.debugging.assert_non_negative(max_length, message="max_length must be >= 0"),
             tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0")]
-  with tf.control_dependencies(checks):
+  with tf.control_dependencies(checks):  # every use of the arguments waits for the checks
     batch = _batch_size(z, batch_size)
+    max_length, temperature = tf.identity(max_length), tf.identity(temperature)
   finished = tf.zeros([batch], tf.bool)
   lengths = tf.zeros([batch], tf.int32)
   drawn_tokens = tf.TensorArray(tf.int32, size=max_length)
@@ -94,8 +95,9 @@ def beam_search(decoder, z, bos_id: int, eos_id: Optional[int], max_length, beam
   beam_size = tf.convert_to_tensor(beam_size, tf.int32)
   checks = [tf.debugging.assert_non_negative(max_length, message="max_length must be >= 0"),
             tf.debugging.assert_positive(beam_size, message="beam_size must be >= 1")]
-  with tf.control_dependencies(checks):
+  with tf.control_dependencies(checks):  # every use of the arguments waits for the checks
     batch = _batch_size(z, batch_size)
+    max_length, beam_size = tf.identity(max_length), tf.identity(beam_size)
   flat = batch * beam_size
   z_beams = None if z is None else tf.repeat(z, beam_size, axis=0)
   state = decoder.initial_state(z_beams, flat)
