@@ -29,9 +29,14 @@ from typing import NamedTuple, Optional
 
 import keras
 import tensorflow as tf
-from tensorflow.python.eager import record  # whether a tape records (no public API)
 
 from savae_tf.distributions import GaussianParams
+
+try:  # whether any tape is recording: TensorFlow has no public API for it
+  from tensorflow.python.eager.record import could_possibly_record as _a_tape_may_record
+except ImportError:  # always recomputing the forward sweep is slower but always exact
+  def _a_tape_may_record():
+    return True
 
 
 def uniform(init_scale):
@@ -174,7 +179,7 @@ def _lstm_scan(gates, h0, c0, recurrent_kernel, keep):
     d_hs, d_h, d_c = (tf.zeros_like(x) if d is None else d
                       for d, x in ((d_hs, hs), (d_h, h0), (d_c, c0)))
     saved = hs, cs, acts
-    if record.could_possibly_record():
+    if _a_tape_may_record():
       # A tape is still recording, so this gradient may be differentiated again (SA-VAE's exact
       # refinement): recompute the forward sweep where that tape sees how it depends on the
       # inputs (the saved values are constants to it).
