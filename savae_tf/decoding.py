@@ -29,6 +29,13 @@ def _batch_size(z, batch_size):
   return tf.shape(z)[0] if z is not None else tf.convert_to_tensor(batch_size, tf.int32)
 
 
+def _after_checks(checks, *values):
+  """`values` as tensors no op can use before `checks` have passed (so a bad argument is named
+  by its check, not by the first op it breaks)."""
+  with tf.control_dependencies(checks):
+    return [tf.identity(value) for value in values]
+
+
 def decode(decoder, z, bos_id: int, max_length, temperature, seed, eos_id: Optional[int] = None,
            pad_id: int = 0, batch_size=None) -> Decoded:
   """Tokens drawn from p(x | z) by ancestral sampling, or greedily when temperature == 0.
@@ -47,9 +54,8 @@ def decode(decoder, z, bos_id: int, max_length, temperature, seed, eos_id: Optio
   temperature = tf.convert_to_tensor(temperature, tf.float32)
   checks = [tf.debugging.assert_non_negative(max_length, message="max_length must be >= 0"),
             tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0")]
-  with tf.control_dependencies(checks):  # every use of the arguments waits for the checks
-    batch = _batch_size(z, batch_size)
-    max_length, temperature = tf.identity(max_length), tf.identity(temperature)
+  batch, max_length, temperature = _after_checks(checks, _batch_size(z, batch_size), max_length,
+                                                 temperature)
   finished = tf.zeros([batch], tf.bool)
   lengths = tf.zeros([batch], tf.int32)
   drawn_tokens = tf.TensorArray(tf.int32, size=max_length)
@@ -95,9 +101,8 @@ def beam_search(decoder, z, bos_id: int, eos_id: Optional[int], max_length, beam
   beam_size = tf.convert_to_tensor(beam_size, tf.int32)
   checks = [tf.debugging.assert_non_negative(max_length, message="max_length must be >= 0"),
             tf.debugging.assert_positive(beam_size, message="beam_size must be >= 1")]
-  with tf.control_dependencies(checks):  # every use of the arguments waits for the checks
-    batch = _batch_size(z, batch_size)
-    max_length, beam_size = tf.identity(max_length), tf.identity(beam_size)
+  batch, max_length, beam_size = _after_checks(checks, _batch_size(z, batch_size), max_length,
+                                               beam_size)
   flat = batch * beam_size
   z_beams = None if z is None else tf.repeat(z, beam_size, axis=0)
   state = decoder.initial_state(z_beams, flat)

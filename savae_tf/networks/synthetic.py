@@ -60,10 +60,7 @@ class SyntheticGenerator(keras.layers.Layer):
 
   def prepare(self, tokens, training=False, seed=None):
     del training, seed  # no dropout
-    embedded = self.embed(tokens[:, :-1])
-    if text.runs_keras_lstm(self.lstm.use_cudnn):
-      return self.lstm(embedded)
-    return text.lstm_sequence(self.lstm, text.input_gates(self.lstm, embedded))[0]
+    return text.run_lstm(self.lstm, self.embed(tokens[:, :-1]))
 
   def logits(self, context, z, training=False, seed=None):
     del training, seed  # no dropout

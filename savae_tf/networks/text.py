@@ -209,6 +209,16 @@ def lstm_sequence(layer: keras.layers.LSTM, gates, initial_state: Optional[LSTMS
   return outputs, LSTMState(h, c)
 
 
+def run_lstm(layer: keras.layers.LSTM, inputs, mask=None):
+  """What `layer(inputs, mask=mask)` returns (the whole sequence, or the last state with a mask
+  carried through padding), by `keras.layers.LSTM` or `lstm_sequence` as `runs_keras_lstm`
+  chooses for the layer's `use_cudnn`."""
+  if runs_keras_lstm(layer.use_cudnn):
+    return layer(inputs, mask=mask)
+  outputs, state = lstm_sequence(layer, input_gates(layer, inputs), mask=mask)
+  return outputs if layer.return_sequences else state.h
+
+
 @keras.saving.register_keras_serializable(package="savae_tf")
 class LSTMEncoder(keras.layers.Layer):
   """q(z | x): Embedding -> LSTM -> state at the last real token -> linear mean and logvar heads."""
@@ -235,13 +245,9 @@ class LSTMEncoder(keras.layers.Layer):
 
   def call(self, tokens, lengths):
     mask = tf.sequence_mask(lengths, maxlen=tf.shape(tokens)[1])
-    embedded = self.embed(tokens)
     # With a mask, the state is carried through padding, so the last state is each sequence's
     # state at its own last token.
-    if runs_keras_lstm(self.use_cudnn):
-      summary = self.lstm(embedded, mask=mask)
-    else:
-      summary = lstm_sequence(self.lstm, input_gates(self.lstm, embedded), mask=mask)[1].h
+    summary = run_lstm(self.lstm, self.embed(tokens), mask)
     return GaussianParams(self.mean_head(summary), self.logvar_head(summary))
 
 
