@@ -15,7 +15,7 @@ fixed binary batch; the median of `--repeats` calls after a warm-up.
 
 
 # bench/timing.py, imported first: it configures TensorFlow.
-from timing import describe_machine, exact_savae_floor, measure
+from timing import describe_machine, exact_savae_floor, measure, refiner_gradient
 
 from absl import app
 from absl import flags
@@ -35,7 +35,8 @@ flags.DEFINE_list("kernel_sizes", [str(k) for k in PAPER_KERNEL_SIZES], "PixelCN
 flags.DEFINE_integer("size", 28, "Image height and width.")
 flags.DEFINE_integer("batch", 16, "Images per batch.")
 flags.DEFINE_list("steps", ["20"], "Values of K.")
-flags.DEFINE_list("gradients", ["reverse"], "Gradient modes for savae.")
+flags.DEFINE_list("gradients", ["reverse"],
+                  "Gradient modes for savae; MODE:N keeps the last N steps (`keep_steps`).")
 flags.DEFINE_integer("repeats", 3, "Timed steps per configuration (median reported).")
 FLAGS = flags.FLAGS
 
@@ -71,7 +72,7 @@ def make_step(mode, steps=0, gradient="none"):
   decoder = GatedPixelCNN(0 if mode == "autoreg" else FLAGS.latent_dim, FLAGS.dec_channels,
                           [int(k) for k in FLAGS.kernel_sizes], image_shape=shape)
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=FLAGS.latent_dim,
-                           svi_config=SVIConfig(steps=steps, gradient=gradient))
+                           svi_config=SVIConfig(steps=steps, **refiner_gradient(gradient)))
   model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0))
   return tf.function(model.train_step)
 

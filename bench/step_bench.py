@@ -12,13 +12,14 @@ below.
 
   python bench/step_bench.py                                   # the table in BENCHMARKS.md
   python bench/step_bench.py --word_dim=512 --hidden_dim=1024  # the paper's Yahoo sizes
+  python bench/step_bench.py --gradients=reverse,reverse:5     # reverse keeping 5 steps
   python bench/step_bench.py --word_dim=128 --hidden_dim=128 --vocab=8715 --steps=10 \
       --gradients=reverse                                      # the PTB runs of RESULTS.md
 """
 
 
 # bench/timing.py, imported first: it configures TensorFlow.
-from timing import describe_machine, exact_savae_floor, measure
+from timing import describe_machine, exact_savae_floor, measure, refiner_gradient
 
 from absl import app
 from absl import flags
@@ -38,7 +39,7 @@ flags.DEFINE_integer("batch", 32, "Sentences per batch.")
 flags.DEFINE_integer("length", 21, "Predicted tokens per sentence.")
 flags.DEFINE_list("steps", ["10", "20"], "Values of K.")
 flags.DEFINE_list("gradients", ["reverse", "unrolled", "finite_difference"],
-                  "Gradient modes for savae.")
+                  "Gradient modes for savae; MODE:N keeps the last N steps (`keep_steps`).")
 flags.DEFINE_list("variants", ["autoreg", "vae", "svi", "vae_svi", "vae_svi_kl", "savae"],
                   "Which variants to time (the VAE step, the ratios' unit, always runs).")
 flags.DEFINE_integer("repeats", 5, "Timed steps per configuration (median reported).")
@@ -63,7 +64,7 @@ def make_step(mode, steps=0, gradient="none"):
   decoder = LSTMDecoder(FLAGS.vocab, FLAGS.word_dim, FLAGS.hidden_dim,
                         0 if mode == "autoreg" else FLAGS.latent_dim, dropout=0.5)
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=FLAGS.latent_dim,
-                           svi_config=SVIConfig(steps=steps, gradient=gradient))
+                           svi_config=SVIConfig(steps=steps, **refiner_gradient(gradient)))
   model.compile(optimizer=keras.optimizers.SGD(1.0, global_clipnorm=5.0))
   return tf.function(model.train_step)
 

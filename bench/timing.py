@@ -103,3 +103,9 @@ def exact_savae_floor(steps, decoder_flops, encoder_flops):
   """
   d, e = decoder_flops, encoder_flops
   return ((6 * steps + 3) * d + 3 * e) / (3 * (d + e))
+
+
+def refiner_gradient(spec: str):
+  """A benchmark's gradient flag value, MODE or MODE:N, as SVIConfig keywords (N: keep_steps)."""
+  gradient, _, keep_steps = spec.partition(":")
+  return dict(gradient=gradient, keep_steps=int(keep_steps or 0))

@@ -86,6 +86,7 @@ def build_model(image_shape, steps_per_epoch):
 
 def main(_):
   savae_flags.apply_preset(PRESETS)
+  savae_flags.set_precision_policy()
   keras.utils.set_random_seed(FLAGS.seed)
   try:
     splits = images.load(FLAGS.dataset, FLAGS.data_dir, FLAGS.seed, FLAGS.num_valid)

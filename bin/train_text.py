@@ -103,6 +103,7 @@ def build_model(vocabulary, steps_per_epoch):
 
 def main(_):
   savae_flags.apply_preset(PRESETS)
+  savae_flags.set_precision_policy()
   keras.utils.set_random_seed(FLAGS.seed)
   try:
     sentences = read_splits()

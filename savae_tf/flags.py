@@ -7,11 +7,14 @@ before `app.run`.
 from typing import Any, Dict
 
 from absl import flags
+import keras
 
 from savae_tf import svi
 from savae_tf import training
 from savae_tf.model import DEFAULT_SVI_LR, SemiAmortizedVAE, SVIConfig
 
+
+PRECISION_POLICIES = ["float32", "mixed_float16", "mixed_bfloat16"]
 
 # The step size --svi_lr defaults to, per convention; a binary sets its data's per-example step.
 _DEFAULT_SVI_LR = dict(DEFAULT_SVI_LR)
@@ -44,6 +47,11 @@ def define_svi_flags(per_example_lr: float = DEFAULT_SVI_LR["per_example"]):
       "(approximate; first-order gradients only, so it runs on cuDNN LSTM kernels), 'none'. "
       "The exact modes need second-order gradients, which cuDNN LSTM kernels lack: with them "
       "an SA-VAE's decoder never runs cuDNN.")
+  flags.DEFINE_integer(
+      "refine_keep_steps", 0,
+      "Memory budget of 'reverse' and 'finite_difference', in steps: the last N refinement "
+      "steps keep their activations and are differentiated as 'unrolled' (faster, memory grows "
+      "by one step's activations each); 0 keeps memory flat in K.", lower_bound=0)
 
 
 def define_training_flags(epochs: int, optimizer: str, learning_rate: float, warmup: int,
@@ -82,6 +90,20 @@ def define_run_flags(presets):
                     "cluster in TF_CONFIG (multi_worker).")
   flags.DEFINE_enum("preset", None, list(presets), "The paper's recipe in one word; flags given "
                     "explicitly still win.")
+  define_precision_flag()
+
+
+def define_precision_flag():
+  flags.DEFINE_enum("mixed_precision", "float32", PRECISION_POLICIES,
+                    "Keras dtype policy of the networks: float32, or mixed precision (float32 "
+                    "weights, float16 or bfloat16 arithmetic; lambda, the refiner and the losses "
+                    "stay in float32; mixed_float16 scales the loss).")
+
+
+def set_precision_policy():
+  """Makes --mixed_precision the global Keras dtype policy; call it before building networks
+  (they keep their policy in their configs, so a reloaded model computes as it trained)."""
+  keras.mixed_precision.set_dtype_policy(flags.FLAGS.mixed_precision)
 
 
 def define_seed_flag():
@@ -126,10 +148,14 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int,
   f = flags.FLAGS
   batch_mean = f.svi_step_scale == "batch_mean"
   svi_config = SVIConfig(steps=f.svi_steps, gradient=f.refine_gradient,
+                         keep_steps=f.refine_keep_steps,
                          batch_size=f.batch_size if batch_mean else None, **svi_settings())
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=latent_dim,
                            svi_config=svi_config, test_svi_steps=f.test_svi_steps,
                            kl_warmup_steps=f.warmup * steps_per_epoch, seed=f.seed)
-  model.compile(optimizer=training.make_optimizer(f.optimizer, f.learning_rate,
-                                                 f.max_grad_norm))
+  optimizer = training.make_optimizer(f.optimizer, f.learning_rate, f.max_grad_norm)
+  if keras.mixed_precision.dtype_policy().name == "mixed_float16":
+    # float16 gradients underflow unless the loss is scaled (dynamically, as Keras does).
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  model.compile(optimizer=optimizer, auto_scale_loss=False)
   return model

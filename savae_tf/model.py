@@ -55,12 +55,15 @@ class SVIConfig:
   gradient: str = "reverse"
   step_scale: str = "per_example"
   batch_size: Optional[int] = None  # batch_mean: the training batch size
+  keep_steps: int = 0  # the reverse sweep's memory budget (`svi.refine`)
 
   def __post_init__(self):
     if self.lr is None and self.step_scale in DEFAULT_SVI_LR:
       object.__setattr__(self, "lr", DEFAULT_SVI_LR[self.step_scale])
     if self.steps < 0:
       raise ValueError(f"SVI steps must be >= 0; got {self.steps}.")
+    if self.keep_steps < 0:
+      raise ValueError(f"keep_steps must be >= 0; got {self.keep_steps}.")
     if self.gradient not in svi.GRADIENT_MODES:
       raise ValueError(f"Unknown refine gradient {self.gradient!r}; expected one of "
                        f"{svi.GRADIENT_MODES}.")
@@ -86,10 +89,11 @@ class SVIConfig:
         else self.max_grad_norm * self.batch_size)
 
   def refine(self, loss_fn, mean, logvar, steps=None, gradient=None, inputs=None):
+    gradient = gradient or self.gradient
     return svi.refine(loss_fn, mean, logvar, self.steps if steps is None else steps,
                       lr=self.lr, momentum=self.momentum, max_grad_norm=self.max_grad_norm,
-                      gradient=gradient or self.gradient, inputs=inputs,
-                      step_scale=self.step_scale)
+                      gradient=gradient, inputs=inputs, step_scale=self.step_scale,
+                      keep_steps=self.keep_steps if gradient in svi.SWEPT_MODES else 0)
 
 
 class Observation(NamedTuple):
@@ -360,14 +364,19 @@ class SemiAmortizedVAE(keras.Model):
       # routes each to its own network. (A persistent tape here held every refinement step's
       # activations: 1637 MiB instead of 60 in bench/step_bench.py at K = 20.)
       objective = out["loss"] + out.get("encoder_loss", 0.0)
+      # Scaled for float16 (mixed_float16 wraps the optimizer in a LossScaleOptimizer, whose
+      # apply unscales); unchanged otherwise.
+      objective = self.optimizer.scale_loss(objective)
     loss = out["loss"]
     tf.debugging.Assert(tf.math.is_finite(loss),
                         ["Training loss is not finite (NaN or Inf) at step", step, ":", loss])
     variables = self.trainable_variables
     grads = tape.gradient(objective, variables)
     replica = tf.distribute.get_replica_context()
-    clip = self.optimizer.global_clipnorm
+    clip = getattr(self.optimizer, "inner_optimizer", self.optimizer).global_clipnorm
     if clip and replica is not None and replica.num_replicas_in_sync > 1:
+      if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+        clip = clip * self.optimizer.dynamic_scale  # the gradients are still scaled
       # Keras clips each replica's share before summing them; the paper clips the whole batch's
       # gradient. Clip the sum here; each share is then at most clip / replicas, so the
       # optimizer's own clip never binds.

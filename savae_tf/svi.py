@@ -34,7 +34,7 @@ lambda_bar_{k+1} (from the loss at lambda_K downwards) and v_bar (the momentum a
 differ only in how that reverse pass is obtained; the forward recursion is the same in all four.
 """
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
@@ -42,6 +42,7 @@ from savae_tf.distributions import GaussianParams
 
 GRADIENT_MODES = ("unrolled", "reverse", "finite_difference", "none")
 EXACT_MODES = ("unrolled", "reverse")  # the modes that differentiate gradients (second order)
+SWEPT_MODES = ("reverse", "finite_difference")  # the modes with a hand-written reverse sweep
 STEP_SCALES = ("per_example", "batch_mean")
 
 # Perturbation length |h u| of the central-difference Hessian-vector product, per dtype. Central
@@ -107,7 +108,8 @@ def refine(loss_fn: LossFn,
            gradient: str = "unrolled",
            fd_radius: Optional[float] = None,
            inputs: Optional[Sequence[tf.Tensor]] = None,
-           step_scale: str = "per_example") -> GaussianParams:
+           step_scale: str = "per_example",
+           keep_steps: int = 0) -> GaussianParams:
   """Refines lambda_0 = (mean, logvar) by `steps` differentiable SVI steps; returns lambda_K.
 
   Args:
@@ -151,19 +153,27 @@ def refine(loss_fn: LossFn,
       `inputs` and the variables `loss_fn` reads, so a captured tensor that depends on trainable
       variables would silently lose its share of the refinement gradient.
     step_scale: "per_example" (default) or "batch_mean" (the paper's); see the module docstring.
+    keep_steps: for "reverse" and "finite_difference", a memory budget in steps: the last
+      `keep_steps` steps keep their activations and are differentiated as "unrolled" does (no
+      re-evaluation, memory growing by one step's activations each); the steps before them go
+      through the reverse sweep. 0 (default): memory flat in K; >= K: the same as "unrolled".
 
   Returns:
     GaussianParams(mean_K, logvar_K).
 
   Raises:
     ValueError: mismatched or non-float mean/logvar, negative steps, an unknown gradient mode or
-      step scale, or a loss_fn that does not return one value per example. A negative `steps`
-      tensor fails when run, with `tf.errors.InvalidArgumentError`.
+      step scale, keep_steps < 0 or given to a mode without a reverse sweep, or a loss_fn that
+      does not return one value per example. A negative `steps` tensor fails when run, with
+      `tf.errors.InvalidArgumentError`.
   """
   if gradient not in GRADIENT_MODES:
     raise ValueError(f"Unknown gradient mode {gradient!r}; expected one of {GRADIENT_MODES}.")
   if step_scale not in STEP_SCALES:
     raise ValueError(f"Unknown step_scale {step_scale!r}; expected one of {STEP_SCALES}.")
+  if keep_steps < 0 or (keep_steps and gradient not in SWEPT_MODES):
+    raise ValueError(f"keep_steps must be >= 0, and only 'reverse' and 'finite_difference' take "
+                     f"it; got {keep_steps} with {gradient!r}.")
   mean = tf.convert_to_tensor(mean)
   logvar = tf.convert_to_tensor(logvar)
   if not mean.dtype.is_floating or mean.dtype != logvar.dtype:
@@ -197,34 +207,45 @@ def refine(loss_fn: LossFn,
                  per_example=step_scale == "per_example")
 
   if gradient == "unrolled":
-    mean_k, logvar_k, _ = sweep.forward(mean, logvar, steps, keep_trajectory=False)
-    return GaussianParams(mean_k, logvar_k)
+    state = sweep.forward(mean, logvar, 0, steps)
+    return GaussianParams(state.mean, state.logvar)
   if gradient == "none":
-    mean_k, logvar_k, _ = sweep.forward(
-        tf.stop_gradient(mean), tf.stop_gradient(logvar), steps, keep_trajectory=False)
-    return GaussianParams(tf.stop_gradient(mean_k), tf.stop_gradient(logvar_k))
+    state = sweep.forward(tf.stop_gradient(mean), tf.stop_gradient(logvar), 0, steps)
+    return GaussianParams(tf.stop_gradient(state.mean), tf.stop_gradient(state.logvar))
   hvp = sweep.exact_hvp if gradient == "reverse" else sweep.finite_difference_hvp
+  swept = tf.maximum(steps - keep_steps, 0)  # the steps the reverse sweep differentiates
 
   @tf.custom_gradient
   def refine_with_reverse_sweep(mean0, logvar0, *extra_inputs):
     if sweep.inputs is not None:
       sweep.inputs = list(extra_inputs)  # the tensors the custom gradient sees as inputs
-    mean_k, logvar_k, trajectory = sweep.forward(mean0, logvar0, steps, keep_trajectory=True)
+    state = sweep.forward(mean0, logvar0, 0, swept, keep_trajectory=True)
 
-    def grad_fn(d_mean, d_logvar, variables=None):
+    def grad_fn(*d_state, variables=None):
       variables = list(variables or [])
-      d_mean = tf.zeros_like(mean_k) if d_mean is None else d_mean
-      d_logvar = tf.zeros_like(logvar_k) if d_logvar is None else d_logvar
+      d_state = [tf.zeros_like(x) if d is None else d for d, x in zip(d_state, state[:4])]
       # The extra inputs and the variables are both "theta" to the reverse sweep.
-      d_lambda, d_theta = sweep.backward(trajectory, steps, d_mean, d_logvar,
+      d_lambda, d_theta = sweep.backward(state.trajectory, swept, *d_state,
                                          list(extra_inputs) + variables, hvp)
       d_inputs = d_lambda + d_theta[:len(extra_inputs)]
       return (d_inputs, d_theta[len(extra_inputs):]) if variables else d_inputs
 
-    return (mean_k, logvar_k), grad_fn
+    return tuple(state[:4]), grad_fn
 
-  mean_k, logvar_k = refine_with_reverse_sweep(mean, logvar, *(inputs or []))
-  return GaussianParams(mean_k, logvar_k)
+  state = _SweepState(*refine_with_reverse_sweep(mean, logvar, *(inputs or [])), ())
+  if keep_steps:  # the kept steps, recorded by the tapes as "unrolled" is
+    state = sweep.forward(state.mean, state.logvar, swept, steps,
+                          velocity=(state.v_mean, state.v_logvar))
+  return GaussianParams(state.mean, state.logvar)
+
+
+class _SweepState(NamedTuple):
+  """lambda and the momentum v after some steps, and (reverse sweep) the trajectory before."""
+  mean: tf.Tensor
+  logvar: tf.Tensor
+  v_mean: tf.Tensor
+  v_logvar: tf.Tensor
+  trajectory: tuple  # lambda_k and the unclipped g_k of each step: TensorArrays, or ()
 
 
 def _as_dtype(value, dtype):
@@ -274,11 +295,13 @@ class _Sweep:
     return tape.gradient(value, [mean, logvar],
                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-  def forward(self, mean, logvar, steps, keep_trajectory):
-    """Runs the K steps; with `keep_trajectory`, also returns lambda_k and unclipped g_k."""
+  def forward(self, mean, logvar, start, stop, keep_trajectory=False, velocity=None):
+    """Runs steps start..stop - 1 from lambda and momentum `velocity` (default 0); with
+    `keep_trajectory` (start 0), also keeps lambda_k and the unclipped g_k of each step."""
     trajectory = tuple(
-        tf.TensorArray(mean.dtype, size=steps, element_shape=mean.shape)
+        tf.TensorArray(mean.dtype, size=stop, element_shape=mean.shape)
         for _ in range(4)) if keep_trajectory else ()
+    v_mean, v_logvar = velocity or (tf.zeros_like(mean), tf.zeros_like(logvar))
 
     def body(k, mean, logvar, v_mean, v_logvar, trajectory):
       g_mean, g_logvar = self.lambda_gradient(mean, logvar, k)
@@ -290,13 +313,14 @@ class _Sweep:
       return (k + 1, mean + self.lr[0] * v_mean, logvar + self.lr[1] * v_logvar,
               v_mean, v_logvar, trajectory)
 
-    _, mean, logvar, _, _, trajectory = tf.while_loop(
-        lambda k, *_: k < steps, body,
-        (tf.constant(0), mean, logvar, tf.zeros_like(mean), tf.zeros_like(logvar), trajectory))
-    return mean, logvar, trajectory
+    _, *state = tf.while_loop(lambda k, *_: k < stop, body,
+                              (tf.convert_to_tensor(start), mean, logvar, v_mean, v_logvar,
+                               trajectory))
+    return _SweepState(*state)
 
-  def backward(self, trajectory, steps, d_mean, d_logvar, theta, hvp):
-    """The reverse sweep; returns ([d mean_0, d logvar_0], [d theta_i for each tensor or variable])."""
+  def backward(self, trajectory, steps, d_mean, d_logvar, d_v_mean, d_v_logvar, theta, hvp):
+    """The reverse sweep from the adjoints of lambda_K and v_K; returns ([d mean_0,
+    d logvar_0], [d theta_i for each tensor or variable])."""
     means, logvars, g_means, g_logvars = trajectory
 
     def body(k, d_mean, d_logvar, v_mean, v_logvar, d_theta):
@@ -314,8 +338,7 @@ class _Sweep:
     # a parallel loop would run several steps' forward passes ahead and hold their activations.
     _, d_mean, d_logvar, _, _, d_theta = tf.while_loop(
         lambda k, *_: k >= 0, body,
-        (steps - 1, d_mean, d_logvar, tf.zeros_like(d_mean), tf.zeros_like(d_logvar),
-         [tf.zeros_like(v) for v in theta]),
+        (steps - 1, d_mean, d_logvar, d_v_mean, d_v_logvar, [tf.zeros_like(v) for v in theta]),
         parallel_iterations=1)
     return [d_mean, d_logvar], d_theta
 
@@ -343,12 +366,18 @@ class _Sweep:
     nonzero = u_sumsq > 0
     h = tf.where(nonzero, self.fd_radius * tf.math.rsqrt(tf.where(nonzero, u_sumsq, 1.0)), 0.0)
     inv_2h = tf.reshape(tf.where(nonzero, 0.5 / tf.where(nonzero, h, 1.0), 0.0), [-1])
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
+    # Each point's gradient separately, and the quotient as their difference: the gradient of
+    # one difference of losses sums both paths with an AddN, and grappler's rewrite of that sum
+    # plus the sweep's accumulator crashes inside the reverse loop on TF 2.21 (the paper-size
+    # image model: "AlreadyExists ... AddOpsRewrite ... tmp_var").
+    with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
       tape.watch([mean, logvar] + theta)
-      plus = self.losses(mean + h * u_mean, logvar + h * u_logvar, step)
-      minus = self.losses(mean - h * u_mean, logvar - h * u_logvar, step)
-      difference = self.objective(plus, inv_2h) - self.objective(minus, inv_2h)
-    grads = tape.gradient(difference, [mean, logvar] + theta,
-                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    grads = [tf.convert_to_tensor(g) for g in grads]
-    return grads[0], grads[1], grads[2:]
+      plus = self.objective(self.losses(mean + h * u_mean, logvar + h * u_logvar, step), inv_2h)
+      minus = self.objective(self.losses(mean - h * u_mean, logvar - h * u_logvar, step), inv_2h)
+    grads = [[tf.convert_to_tensor(g) for g in
+              tape.gradient(value, [mean, logvar] + theta,
+                            unconnected_gradients=tf.UnconnectedGradients.ZERO)]
+             for value in (plus, minus)]
+    del tape
+    difference = [a - b for a, b in zip(*grads)]
+    return difference[0], difference[1], difference[2:]

@@ -165,11 +165,11 @@ def test_readme_commands_name_existing_files():
 
 # Every benchmark script runs with tiny settings (the figures come from full runs, BENCHMARKS.md).
 BENCH_RUNS = {
-    "refine_bench.py": ["--steps=0,2", "--repeats=1", "--hidden=8", "--vocab=20", "--batch=4",
+    "refine_bench.py": ["--steps=2", "--repeats=1", "--hidden=8", "--vocab=20", "--batch=4",
                         "--length=5", "--latent=3"],
-    "step_bench.py": ["--steps=2", "--gradients=reverse", "--repeats=1", "--word_dim=8",
-                      "--hidden_dim=8", "--vocab=30", "--batch=4", "--length=5",
-                      "--latent_dim=3"],
+    "step_bench.py": ["--steps=2", "--gradients=reverse:1", "--variants=vae,savae",
+                      "--repeats=1", "--word_dim=8", "--hidden_dim=8", "--vocab=30", "--batch=4",
+                      "--length=5", "--latent_dim=3"],
     "image_step_bench.py": ["--steps=2", "--repeats=1", "--latent_dim=2", "--enc_channels=4",
                             "--enc_stages=1", "--dec_channels=4", "--kernel_sizes=3,3",
                             "--size=6", "--batch=3"],

@@ -1,6 +1,7 @@
 """Tests for savae_tf.flags: the refiner's convention and step size from the shared flags."""
 
 from absl import flags
+import keras
 import pytest
 
 from savae_tf import flags as savae_flags
@@ -15,12 +16,16 @@ def parse():
     savae_flags.define_svi_flags()
     savae_flags.define_training_flags(epochs=1, optimizer="adam", learning_rate=1e-3, warmup=0)
     savae_flags.define_seed_flag()
+    savae_flags.define_precision_flag()
 
-  def parse_args(*args):
+  def parse_args(*args, model=False):
     values.unparse_flags()
     values(["prog", *args])
-    return savae_flags.model_from_flags(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2),
-                                        "savae", 2, 10).svi_config
+    savae_flags.set_precision_policy()
+    built = savae_flags.model_from_flags(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2),
+                                         "savae", 2, 10)
+    keras.mixed_precision.set_dtype_policy("float32")
+    return built if model else built.svi_config
 
   yield parse_args
   values.unparse_flags()
@@ -60,3 +65,12 @@ def test_an_exact_refinement_refuses_a_decoder_that_would_run_cudnn(parse, monke
   monkeypatch.setattr(text, "runs_keras_lstm", as_on_a_gpu)
   with pytest.raises(ValueError, match="no second-order gradient"):
     savae_flags.model_from_flags(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), "savae", 2, 10)
+
+
+@pytest.mark.parametrize("policy, loss_scaled", [("float32", False), ("mixed_bfloat16", False),
+                                                 ("mixed_float16", True)])
+def test_mixed_precision_sets_the_networks_policy_and_scales_float16s_loss(parse, policy,
+                                                                          loss_scaled):
+  model = parse(f"--mixed_precision={policy}", model=True)
+  assert model.decoder.dtype_policy.name == model.encoder.dtype_policy.name == policy
+  assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == loss_scaled

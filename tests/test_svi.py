@@ -41,13 +41,13 @@ class SoftplusDecoderProblem:
 
 
 def refined_loss_and_grads(problem, gradient, steps=4, max_grad_norm=None, lr=(0.4, 0.3),
-                           step_scale="batch_mean"):
+                           step_scale="batch_mean", keep_steps=0):
   sources = [problem.mean0, problem.logvar0] + problem.variables
   with tf.GradientTape() as tape:
     tape.watch(sources[:2])
     mean_k, logvar_k = refine(problem.loss, problem.mean0, problem.logvar0, steps, lr=lr,
                               momentum=0.5, max_grad_norm=max_grad_norm, gradient=gradient,
-                              step_scale=step_scale)
+                              step_scale=step_scale, keep_steps=keep_steps)
     value = problem.final_loss(mean_k, logvar_k)
   grads = tape.gradient(value, sources)
   return value, [None if g is None else tf.convert_to_tensor(g) for g in grads]
@@ -187,6 +187,23 @@ def test_modes_agree_with_unrolled_when_the_clip_is_active(gradient, step_scale)
   assert float(value) == pytest.approx(float(value_ref), rel=1e-12)
   tolerance = 1e-10 if gradient == "reverse" else 1e-6
   assert relative_error(grads, ref) < tolerance
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("keep_steps", [1, 3, 4, 9])
+def test_reverse_with_kept_steps_agrees_with_unrolled_in_float64(keep_steps, compiled):
+  """The last keep_steps steps differentiated as unrolled, the rest by the reverse sweep (the
+  momentum's adjoint passes between them); K = 4 given as a tensor when compiled."""
+  problem = SoftplusDecoderProblem(batch=4)
+  lr, max_norm = CLIPPED_SETTINGS["per_example"]
+  settings = dict(lr=lr, max_grad_norm=max_norm, step_scale="per_example")
+  value_ref, ref = refined_loss_and_grads(problem, "unrolled", **settings)
+  run = tf.function(refined_loss_and_grads, autograph=False) if compiled else (
+      refined_loss_and_grads)
+  steps = tf.constant(4) if compiled else 4
+  value, grads = run(problem, "reverse", steps=steps, keep_steps=keep_steps, **settings)
+  assert float(value) == pytest.approx(float(value_ref), rel=1e-12)
+  assert relative_error(grads, ref) < 1e-10
 
 
 @pytest.mark.parametrize("per_example", [False, True])
@@ -338,6 +355,9 @@ def _per_example_loss(mean, logvar, step):
     ((tf.zeros([2, 3]), tf.zeros([2, 3]), 1), {"gradient": "backprop"}, "Unknown gradient mode"),
     ((tf.zeros([2, 3]), tf.zeros([2, 3]), 1), {"step_scale": "sum"}, "Unknown step_scale"),
     ((tf.zeros([]), tf.zeros([]), 1), {}, "leading batch axis"),
+    ((tf.zeros([2, 3]), tf.zeros([2, 3]), 1), {"keep_steps": -1}, "keep_steps must be >= 0"),
+    ((tf.zeros([2, 3]), tf.zeros([2, 3]), 1), {"keep_steps": 2, "gradient": "unrolled"},
+     "only 'reverse' and 'finite_difference' take it"),
 ])
 def test_bad_input_raises_a_clear_error(args, kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -7,6 +7,9 @@ in raster order (row by row, left to right).
 `GatedPixelCNN` has the decoder interface `SemiAmortizedVAE` and `refine` use:
   `prepare(images, training, seed)`: the work that does not depend on z (here: the images themselves);
   `logits(context, z, training, seed)`: Bernoulli logits [batch, height, width, 1].
+Under a mixed-precision policy the networks compute in its compute dtype (sublayers inherit the
+network's policy) and take z and return logits, means and log-variances in its variable dtype
+(float32), so lambda, the refiner and the losses stay in float32.
 """
 
 from typing import Sequence
@@ -80,15 +83,17 @@ class GatedPixelCNN(keras.layers.Layer):
     height, width = self.image_shape
     if self.latent_feature_maps:
       self.latent_maps = keras.layers.Dense(self.latent_feature_maps * height * width,
-                                            kernel_initializer=_he_normal())
+                                            kernel_initializer=_he_normal(),
+                                            dtype=self.dtype_policy)
       self.latent_maps.build((None, latent_dim))
     # Sublayers are attributes, not list items: tf.train.Checkpoint does not follow Keras 3's
     # tracked lists, so layers in a list would be missing from checkpoints.
     in_channels = 1 + self.latent_feature_maps
     for index, k in enumerate(self.kernel_sizes):
-      setattr(self, f"gated_{index}", GatedMaskedLayer(k, channels, in_channels, first=index == 0))
+      setattr(self, f"gated_{index}", GatedMaskedLayer(k, channels, in_channels, first=index == 0,
+                                                       dtype=self.dtype_policy))
       in_channels = channels
-    self.out = _conv(1, 1, channels)
+    self.out = _conv(1, 1, channels, dtype=self.dtype_policy)
     self.built = True
 
   @property
@@ -109,19 +114,20 @@ class GatedPixelCNN(keras.layers.Layer):
 
   def prepare(self, images, training=False, seed=None):
     del training, seed  # no dropout
-    return images
+    return tf.cast(images, self.compute_dtype)
 
   def logits(self, context, z=None, training=False, seed=None):
     del training, seed  # no dropout
     x = context
     if self.latent_feature_maps:
       height, width = self.image_shape
-      maps = tf.reshape(self.latent_maps(z), [-1, self.latent_feature_maps, height, width])
+      maps = tf.reshape(self.latent_maps(tf.cast(z, self.compute_dtype)),
+                        [-1, self.latent_feature_maps, height, width])
       x = tf.concat([x, tf.transpose(maps, [0, 2, 3, 1])], axis=-1)
     vertical, horizontal = x, x
     for layer in self.gated_layers:
       vertical, horizontal = layer(vertical, horizontal)
-    return self.out(horizontal)
+    return tf.cast(self.out(horizontal), self.dtype)
 
   def call(self, images, z=None):
     return self.logits(self.prepare(images), z)
@@ -134,10 +140,11 @@ class GatedMaskedLayer(keras.layers.Layer):
     super().__init__(**kwargs)
     self.kernel_size, self.first = kernel_size, first
     k = kernel_size
-    self.vertical = _conv(2 * channels, (k // 2 + 1, k), in_channels)
-    self.link = _conv(2 * channels, 1, 2 * channels)
-    self.horizontal = _conv(2 * channels, (1, k // 2 + 1), in_channels)
-    self.horizontal_out = _conv(channels, 1, channels)
+    policy = self.dtype_policy
+    self.vertical = _conv(2 * channels, (k // 2 + 1, k), in_channels, dtype=policy)
+    self.link = _conv(2 * channels, 1, 2 * channels, dtype=policy)
+    self.horizontal = _conv(2 * channels, (1, k // 2 + 1), in_channels, dtype=policy)
+    self.horizontal_out = _conv(channels, 1, channels, dtype=policy)
     self.built = True
 
   def call(self, vertical, horizontal):
@@ -158,13 +165,15 @@ class ResidualBlock(keras.layers.Layer):
 
   def __init__(self, channels, in_channels, **kwargs):
     super().__init__(**kwargs)
-    self.conv1 = _conv(channels, 3, in_channels, padding="same")
-    self.conv2 = _conv(channels, 3, channels, padding="same")
-    self.norm1 = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
-    self.norm2 = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    policy = self.dtype_policy
+    self.conv1 = _conv(channels, 3, in_channels, padding="same", dtype=policy)
+    self.conv2 = _conv(channels, 3, channels, padding="same", dtype=policy)
+    self.norm1 = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
+    self.norm2 = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
     self.norm1.build((None, None, None, channels))
     self.norm2.build((None, None, None, channels))
-    self.skip = _conv(channels, 1, in_channels) if in_channels != channels else None
+    self.skip = (_conv(channels, 1, in_channels, dtype=policy) if in_channels != channels
+                 else None)
     self.built = True
 
   def call(self, x, training=False):
@@ -189,15 +198,19 @@ class ResNetEncoder(keras.layers.Layer):
     in_channels = 1
     height, width = self.image_shape
     for index in range(stages):  # attributes, not a list: see GatedPixelCNN
-      setattr(self, f"block_{index}", ResidualBlock(channels, in_channels))
-      setattr(self, f"downsample_{index}", _conv(channels, 2, channels, strides=2))
+      setattr(self, f"block_{index}", ResidualBlock(channels, in_channels,
+                                                    dtype=self.dtype_policy))
+      setattr(self, f"downsample_{index}", _conv(channels, 2, channels, strides=2,
+                                                 dtype=self.dtype_policy))
       in_channels = channels
       height, width = height // 2, width // 2
     if height < 1 or width < 1:
       raise ValueError(f"{stages} stages downsample a {self.image_shape} image to nothing.")
     features = height * width * channels
-    self.mean_head = keras.layers.Dense(latent_dim, kernel_initializer=_he_normal())
-    self.logvar_head = keras.layers.Dense(latent_dim, kernel_initializer=_he_normal())
+    self.mean_head = keras.layers.Dense(latent_dim, kernel_initializer=_he_normal(),
+                                        dtype=self.dtype_policy)
+    self.logvar_head = keras.layers.Dense(latent_dim, kernel_initializer=_he_normal(),
+                                          dtype=self.dtype_policy)
     self.mean_head.build((None, features))
     self.logvar_head.build((None, features))
     self.built = True
@@ -212,4 +225,5 @@ class ResNetEncoder(keras.layers.Layer):
       x = getattr(self, f"block_{index}")(x, training=training)
       x = getattr(self, f"downsample_{index}")(x)
     features = tf.reshape(x, [tf.shape(x)[0], -1])
-    return GaussianParams(self.mean_head(features), self.logvar_head(features))
+    return GaussianParams(*(tf.cast(head(features), self.dtype)
+                            for head in (self.mean_head, self.logvar_head)))

@@ -14,6 +14,9 @@ Decoders expose the interface `SemiAmortizedVAE` and `refine` use:
     (stateless), so a refinement step replays it exactly.
 and, for generation in linear time, `initial_state(z, batch_size)` and
 `step(tokens, z, state) -> (logits, state)`: one token at a time with the LSTM state carried.
+Under a mixed-precision policy (`keras.mixed_precision`) the networks compute in its compute
+dtype and take z and return logits, means and log-variances in its variable dtype (float32), so
+lambda, the refiner and the losses stay in float32.
 
 The recurrence. On CPU, and wherever second-order gradients are needed, the LSTMs run
 `lstm_sequence`: the inputs' share of the gates, x W + b, is one matrix product over the whole
@@ -31,13 +34,6 @@ import keras
 import tensorflow as tf
 
 from savae_tf.distributions import GaussianParams
-
-try:  # whether any tape is recording: TensorFlow has no public API for it
-  from tensorflow.python.eager.record import could_possibly_record as _a_tape_may_record
-except ImportError:  # always recomputing the forward sweep is slower but always exact
-  def _a_tape_may_record():
-    return True
-
 
 def uniform(init_scale):
   """The paper's U(-s, s) initialiser, or None for the Keras default."""
@@ -123,7 +119,7 @@ def lstm_cell(gates, state: LSTMState, recurrent_kernel) -> LSTMState:
 
 def _forward_sweep(gates, h0, c0, recurrent_kernel, keep):
   """Time-major gates [T, B, 4H] and keep [T, B, 1] -> states h, c [T, B, H] (carried where not
-  kept) and the activations [T, B, 4H] of every step."""
+  kept) and the activations [T, B, 4H] of every kept step (zero where carried)."""
   steps = tf.shape(gates)[0]
   arrays = [tf.TensorArray(gates.dtype, size=steps) for _ in range(3)]
 
@@ -131,6 +127,7 @@ def _forward_sweep(gates, h0, c0, recurrent_kernel, keep):
     activations = _activations(gates[t], h, recurrent_kernel)
     state = _next_state(activations, c)
     h_t, c_t = tf.where(keep[t], state.h, h), tf.where(keep[t], state.c, c)
+    activations = tf.where(keep[t], activations, tf.zeros_like(activations))
     return t + 1, h_t, c_t, hs.write(t, h_t), cs.write(t, c_t), acts.write(t, activations)
 
   _, _, _, hs, cs, acts = tf.while_loop(lambda t, *_: t < steps, body,
@@ -138,55 +135,148 @@ def _forward_sweep(gates, h0, c0, recurrent_kernel, keep):
   return hs.stack(), cs.stack(), acts.stack()
 
 
-def _backward_sweep(hs, cs, acts, h0, c0, recurrent_kernel, keep, d_hs, d_h, d_c):
-  """The reverse sweep of `_forward_sweep`: d gates [T, B, 4H], d h0, d c0, d recurrent_kernel.
+def _previous(first, sequence):
+  """[first, sequence[0], ..., sequence[T - 2]]: each step's incoming state."""
+  return tf.concat([first[None], sequence[:-1]], axis=0)
 
-  Only d h_{t-1} = d z_t W_h^T runs inside the loop; the kernel's gradient, sum_t h_{t-1}^T d z_t,
-  is one matrix product over all steps afterwards (per-step products with an inner dimension
-  of the batch size, and their sum, cost several times more)."""
-  steps = tf.shape(hs)[0]
-  c_prev = tf.concat([c0[None], cs[:-1]], axis=0)
+
+def _zeros_if_none(d, like):
+  return tf.zeros_like(like) if d is None else d
+
+
+def _reverse_sweep(acts, cs, c_prev, recurrent_kernel, keep, d_hs, d_cs, d_acts,
+                   keep_carries=False):
+  """The reverse sweep of `_forward_sweep`, given the cotangents of its outputs hs, cs and acts.
+
+  Returns d_z [T, B, 4H] (the adjoint of each step's gate pre-activations x_t + h_{t-1} W_h,
+  which is also the gradient of the gates), d h0 and d c0, and with `keep_carries` the
+  per-step e_t and C_t [T, B, H] that `_reverse_sweep_adjoint` needs. Per step t, carrying the
+  adjoints (dh, dc) of h_t and c_t from step t + 1:
+      e = dh + d_hs[t];   C = dc + d_cs[t] + e o (1 - tanh^2 c_t)
+      d_z = [(C g + d_i) i (1 - i), (C c_{t-1} + d_f) f (1 - f), (C i + d_g) (1 - g^2),
+             (e tanh c_t + d_o) o (1 - o)]          (d_i, d_f, d_g, d_o: d_acts[t])
+      dh <- d_z W_h^T;   dc <- C f
+  and at a carried step d_z = 0, dh <- e, dc <- C. Only d_z W_h^T is a matrix product inside
+  the loop: the kernel's gradient, sum_t h_{t-1}^T d_z_t, is one product over all steps
+  afterwards (per-step products with an inner dimension of the batch size cost several times
+  more)."""
+  steps = tf.shape(acts)[0]
   kernel_t = tf.transpose(recurrent_kernel)
+  zero_state = tf.zeros_like(cs[0])
+  arrays = [tf.TensorArray(acts.dtype, size=steps) for _ in range(3 if keep_carries else 1)]
 
-  def body(n, d_h, d_c, d_gates):
+  def body(n, dh, dc, arrays):
     t = steps - 1 - n
-    d_h = d_h + d_hs[t]
     i, f, g, o = tf.split(acts[t], 4, axis=-1)
     tanh_c = tf.tanh(cs[t])
-    d_c_total = d_c + d_h * o * (1 - tanh_c * tanh_c)
-    d_z = tf.concat([d_c_total * g * i * (1 - i), d_c_total * c_prev[t] * f * (1 - f),
-                     d_c_total * i * (1 - g * g), d_h * tanh_c * o * (1 - o)], axis=-1)
+    e = dh + d_hs[t]
+    big_c = dc + d_cs[t] + e * o * (1 - tanh_c * tanh_c)
+    d_i, d_f, d_g, d_o = tf.split(d_acts[t], 4, axis=-1)
+    d_z = tf.concat([(big_c * g + d_i) * i * (1 - i), (big_c * c_prev[t] + d_f) * f * (1 - f),
+                     (big_c * i + d_g) * (1 - g * g), (e * tanh_c + d_o) * o * (1 - o)], axis=-1)
     d_z = tf.where(keep[t], d_z, tf.zeros_like(d_z))  # a carried step has no gates
-    d_h = tf.where(keep[t], tf.matmul(d_z, kernel_t), d_h)
-    d_c = tf.where(keep[t], d_c_total * f, d_c)
-    return n + 1, d_h, d_c, d_gates.write(t, d_z)
+    dh = tf.where(keep[t], tf.matmul(d_z, kernel_t), e)
+    dc = tf.where(keep[t], big_c * f, big_c)
+    arrays = [arrays[0].write(t, d_z)] + (
+        [arrays[1].write(t, e), arrays[2].write(t, big_c)] if keep_carries else [])
+    return n + 1, dh, dc, arrays
 
-  _, d_h0, d_c0, d_gates = tf.while_loop(
-      lambda n, *_: n < steps, body,
-      (tf.constant(0), d_h, d_c, tf.TensorArray(hs.dtype, size=steps)))
-  d_gates = d_gates.stack()
-  h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
-  d_kernel = tf.tensordot(h_prev, d_gates, [[0, 1], [0, 1]])
-  return d_gates, d_h0, d_c0, d_kernel
+  _, d_h0, d_c0, arrays = tf.while_loop(lambda n, *_: n < steps, body,
+                                        (tf.constant(0), zero_state, zero_state, arrays))
+  return (arrays[0].stack(), d_h0, d_c0, *(a.stack() for a in arrays[1:]))
+
+
+def _reverse_sweep_adjoint(acts, cs, c_prev, recurrent_kernel, keep, d_z, es, big_cs, d_acts,
+                           dd_z, dd_h0, dd_c0):
+  """The adjoint of `_reverse_sweep` (what differentiating its results again needs), given the
+  cotangents dd_z, dd_h0, dd_c0 of its results d_z, d h0, d c0; a sweep forward in time, the
+  reverse sweep's steps undone in reverse order. Returns the cotangents of acts, cs, c_prev,
+  W_h, d_hs, d_cs and d_acts."""
+  steps = tf.shape(acts)[0]
+  names = ("acts", "cs", "c_prev", "dh_in", "d_hs", "d_cs", "d_acts")
+  arrays = {name: tf.TensorArray(acts.dtype, size=steps) for name in names}
+
+  def body(t, dh, dc, arrays):  # dh, dc: the cotangents of step t's results dh and dc
+    i, f, g, o = tf.split(acts[t], 4, axis=-1)
+    tanh_c = tf.tanh(cs[t])
+    slope = 1 - tanh_c * tanh_c
+    d_i, d_f, d_g, d_o = tf.split(d_acts[t], 4, axis=-1)
+    bar_i, bar_f, bar_g, bar_o = tf.split(dd_z[t] + tf.matmul(dh, recurrent_kernel), 4, -1)
+    # cotangents of the four factors (C g + d_i), (C c_{t-1} + d_f), (C i + d_g), (e tanh c + d_o)
+    in_i, in_f, in_g, in_o = (bar_i * i * (1 - i), bar_f * f * (1 - f), bar_g * (1 - g * g),
+                              bar_o * o * (1 - o))
+    c_bar = dc * f + in_i * g + in_f * c_prev[t] + in_g * i
+    e_bar = in_o * tanh_c + c_bar * o * slope
+    big_c, e_t = big_cs[t], es[t]
+    acts_bar = tf.concat([
+        bar_i * (big_c * g + d_i) * (1 - 2 * i) + in_g * big_c,
+        bar_f * (big_c * c_prev[t] + d_f) * (1 - 2 * f) + dc * big_c,
+        bar_g * (big_c * i + d_g) * (-2 * g) + in_i * big_c,
+        bar_o * (e_t * tanh_c + d_o) * (1 - 2 * o) + c_bar * e_t * slope], axis=-1)
+    tanh_c_bar = in_o * e_t - 2 * c_bar * e_t * o * tanh_c
+    kept = keep[t]
+    zeros = tf.zeros_like(dh)
+    results = {
+        "acts": tf.where(kept, acts_bar, tf.zeros_like(acts_bar)),
+        "cs": tf.where(kept, tanh_c_bar * slope, zeros),
+        "c_prev": tf.where(kept, in_f * big_c, zeros),
+        "dh_in": tf.where(kept, dh, zeros),
+        "d_hs": tf.where(kept, e_bar, dh),
+        "d_cs": tf.where(kept, c_bar, dc),
+        "d_acts": tf.where(kept, tf.concat([in_i, in_f, in_g, in_o], -1), tf.zeros_like(acts_bar)),
+    }
+    arrays = {name: arrays[name].write(t, results[name]) for name in names}
+    return t + 1, results["d_hs"], results["d_cs"], arrays
+
+  _, _, _, arrays = tf.while_loop(lambda t, *_: t < steps, body,
+                                  (tf.constant(0), dd_h0, dd_c0, arrays))
+  out = {name: array.stack() for name, array in arrays.items()}
+  kernel_bar = tf.tensordot(out["dh_in"], d_z, [[0, 1], [0, 1]])  # d_h_t = d_z_t W_h^T
+  return (out["acts"], out["cs"], out["c_prev"], kernel_bar, out["d_hs"], out["d_cs"],
+          out["d_acts"])
 
 
 @tf.custom_gradient
+def _differentiable_reverse_sweep(acts, cs, c_prev, recurrent_kernel, keep, d_hs, d_cs, d_acts):
+  """`_reverse_sweep` with `_reverse_sweep_adjoint` as its gradient (exact to second order: its
+  own gradient treats the saved per-step values as constants)."""
+  d_z, d_h0, d_c0, es, big_cs = _reverse_sweep(acts, cs, c_prev, recurrent_kernel, keep, d_hs,
+                                               d_cs, d_acts, keep_carries=True)
+
+  def grad(dd_z, dd_h0, dd_c0):
+    cotangents = [_zeros_if_none(d, x) for d, x in ((dd_z, d_z), (dd_h0, d_h0), (dd_c0, d_c0))]
+    acts_bar, cs_bar, c_prev_bar, kernel_bar, d_hs_bar, d_cs_bar, d_acts_bar = (
+        _reverse_sweep_adjoint(acts, cs, c_prev, recurrent_kernel, keep, d_z, es, big_cs,
+                               d_acts, *cotangents))
+    return acts_bar, cs_bar, c_prev_bar, kernel_bar, None, d_hs_bar, d_cs_bar, d_acts_bar
+
+  return (d_z, d_h0, d_c0), grad
+
+
 def _lstm_scan(gates, h0, c0, recurrent_kernel, keep):
-  """(h [T, B, H], final h, final c) with a hand-written reverse sweep as its gradient."""
-  hs, cs, acts = _forward_sweep(gates, h0, c0, recurrent_kernel, keep)
+  """`_forward_sweep`'s (hs, cs, acts), with `_differentiable_reverse_sweep` as its gradient.
 
-  def grad(d_hs, d_h, d_c):
-    d_hs, d_h, d_c = (tf.zeros_like(x) if d is None else d
-                      for d, x in ((d_hs, hs), (d_h, h0), (d_c, c0)))
-    saved = hs, cs, acts
-    if _a_tape_may_record():
-      # A tape is still recording, so this gradient may be differentiated again (SA-VAE's exact
-      # refinement): recompute the forward sweep where that tape sees how it depends on the
-      # inputs (the saved values are constants to it).
-      saved = _forward_sweep(gates, h0, c0, recurrent_kernel, keep)
-    return (*_backward_sweep(*saved, h0, c0, recurrent_kernel, keep, d_hs, d_h, d_c), None)
+  The gradient reads the op's own outputs rather than values saved inside it: a tape that
+  recorded this op sees through them how they depend on the inputs, so differentiating the
+  gradient again is exact without recomputing the forward sweep."""
+  recorded = {}
 
-  return (hs, hs[-1], cs[-1]), grad
+  @tf.custom_gradient
+  def scan(gates, h0, c0, recurrent_kernel):
+    hs, cs, acts = _forward_sweep(gates, h0, c0, recurrent_kernel, keep)
+
+    def grad(d_hs, d_cs, d_acts):
+      hs, cs, acts = recorded["outputs"]
+      d_hs, d_cs, d_acts = (_zeros_if_none(d, x)
+                            for d, x in ((d_hs, hs), (d_cs, cs), (d_acts, acts)))
+      d_z, d_h0, d_c0 = _differentiable_reverse_sweep(
+          acts, cs, _previous(c0, cs), recurrent_kernel, keep, d_hs, d_cs, d_acts)
+      return d_z, d_h0, d_c0, tf.tensordot(_previous(h0, hs), d_z, [[0, 1], [0, 1]])
+
+    return (hs, cs, acts), grad
+
+  recorded["outputs"] = scan(gates, h0, c0, recurrent_kernel)
+  return recorded["outputs"]
 
 
 def lstm_sequence(layer: keras.layers.LSTM, gates, initial_state: Optional[LSTMState] = None,
@@ -195,18 +285,19 @@ def lstm_sequence(layer: keras.layers.LSTM, gates, initial_state: Optional[LSTMS
   state). Where `mask` [batch, time] is False the state is carried unchanged (so the final state
   is the one at each sequence's last real step), as `keras.layers.LSTM` does with a mask.
 
-  Differentiable to any order; its gradient is a hand-written reverse sweep."""
+  Its gradient is a hand-written reverse sweep, and so is that gradient's gradient (what SA-VAE's
+  exact refinement takes): exact to second order."""
   hidden = layer.units
   batch, steps = tf.shape(gates)[0], tf.shape(gates)[1]
   if initial_state is None:
     zeros = tf.zeros([batch, hidden], gates.dtype)
     initial_state = LSTMState(zeros, zeros)
   keep = tf.ones([steps, batch, 1], tf.bool) if mask is None else tf.transpose(mask)[:, :, None]
-  outputs, h, c = _lstm_scan(tf.transpose(gates, [1, 0, 2]), initial_state.h, initial_state.c,
-                             recurrent_kernel_of(layer, gates.dtype), keep)
-  outputs = tf.transpose(outputs, [1, 0, 2])
+  hs, cs, _ = _lstm_scan(tf.transpose(gates, [1, 0, 2]), initial_state.h, initial_state.c,
+                         recurrent_kernel_of(layer, gates.dtype), keep)
+  outputs = tf.transpose(hs, [1, 0, 2])
   outputs.set_shape([None, None, hidden])
-  return outputs, LSTMState(h, c)
+  return outputs, LSTMState(hs[-1], cs[-1])
 
 
 def run_lstm(layer: keras.layers.LSTM, inputs, mask=None):
@@ -248,7 +339,8 @@ class LSTMEncoder(keras.layers.Layer):
     # With a mask, the state is carried through padding, so the last state is each sequence's
     # state at its own last token.
     summary = run_lstm(self.lstm, self.embed(tokens), mask)
-    return GaussianParams(self.mean_head(summary), self.logvar_head(summary))
+    return GaussianParams(*(tf.cast(head(summary), self.dtype)
+                            for head in (self.mean_head, self.logvar_head)))
 
 
 @keras.saving.register_keras_serializable(package="savae_tf")
@@ -312,14 +404,19 @@ class LSTMDecoder(keras.layers.Layer):
   def initial_state(self, z, batch_size=None) -> LSTMState:
     """(h_0, c_0): (W z + b, 0), or zeros for the language model (then give `batch_size`)."""
     if self.latent_dim:
-      h0 = self.init_state(z)
+      h0 = self.init_state(self._compute(z))
     else:
       h0 = tf.zeros([batch_size, self.hidden_dim], self.compute_dtype)
     return LSTMState(h0, tf.zeros_like(h0))
 
   def latent_gates(self, z):
     """z's share of the gates [batch, 4 * hidden] (zero without a latent)."""
-    return input_gates(self.lstm, z, slice(self.word_dim, None)) if self.latent_dim else 0.0
+    if not self.latent_dim:
+      return 0.0
+    return input_gates(self.lstm, self._compute(z), slice(self.word_dim, None))
+
+  def _compute(self, z):
+    return tf.cast(z, self.compute_dtype)
 
   def logits(self, context, z=None, training=False, seed=None):
     self._check_seed(training, seed)
@@ -327,6 +424,7 @@ class LSTMDecoder(keras.layers.Layer):
     if runs_keras_lstm(self.use_cudnn):
       inputs = context
       if self.latent_dim:
+        z = self._compute(z)
         inputs = tf.concat([inputs, tf.repeat(z[:, None, :], tf.shape(inputs)[1], axis=1)], -1)
       hidden = self.lstm(inputs, initial_state=list(state))
     else:
@@ -334,14 +432,14 @@ class LSTMDecoder(keras.layers.Layer):
       if self.latent_dim:
         gates += self.latent_gates(z)[:, None, :]
       hidden = lstm_sequence(self.lstm, gates, state)[0]
-    return self.out(dropout(hidden, self.dropout, seed, training))
+    return tf.cast(self.out(dropout(hidden, self.dropout, seed, training)), self.dtype)
 
   def step(self, tokens, z, state: LSTMState):
     """Logits [batch, vocab] for the next token after `tokens` [batch], and the new state."""
     gates = input_gates(self.lstm, self.embed(tokens), slice(0, self.word_dim))
     state = lstm_cell(gates + self.latent_gates(z), state,
                       recurrent_kernel_of(self.lstm, gates.dtype))
-    return self.out(state.h), state
+    return tf.cast(self.out(state.h), self.dtype), state
 
   def call(self, tokens, z=None, training=False, seed=None):
     prepare_seed, logits_seed = (None, None) if seed is None else tf.unstack(

@@ -1,0 +1,100 @@
+"""Mixed precision: float32 weights, bfloat16 / float16 arithmetic in the networks, and lambda, the
+refiner and the losses in float32 (tested on CPU)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from savae_tf.model import SemiAmortizedVAE, SVIConfig
+from savae_tf.networks.image import GatedPixelCNN, ResNetEncoder
+from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
+from test_model import image_data, ragged_data
+
+VOCAB, LATENT = 15, 3
+
+
+@pytest.fixture
+def policy():
+  """Sets the global Keras dtype policy for what the test builds; float32 again afterwards."""
+  yield keras.mixed_precision.set_dtype_policy
+  keras.mixed_precision.set_dtype_policy("float32")
+
+
+def text_model(policy_name, set_policy):
+  set_policy(policy_name)
+  keras.utils.set_random_seed(0)
+  model = SemiAmortizedVAE(LSTMDecoder(VOCAB, 8, 8, LATENT), LSTMEncoder(VOCAB, 8, 8, LATENT),
+                           mode="savae", latent_dim=LATENT,
+                           svi_config=SVIConfig(steps=3, lr=0.5, gradient="reverse"))
+  optimizer = keras.optimizers.SGD(0.5)
+  if policy_name == "mixed_float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  model.compile(optimizer=optimizer, auto_scale_loss=False)
+  set_policy("float32")
+  return model
+
+
+def image_model(policy_name, set_policy):
+  set_policy(policy_name)
+  keras.utils.set_random_seed(0)
+  model = SemiAmortizedVAE(
+      GatedPixelCNN(LATENT, channels=4, kernel_sizes=(3, 3), image_shape=(6, 6)),
+      ResNetEncoder(LATENT, channels=4, stages=1, image_shape=(6, 6)), mode="savae",
+      latent_dim=LATENT, svi_config=SVIConfig(steps=2, gradient="reverse"))
+  model.compile(optimizer=keras.optimizers.SGD(0.1))
+  set_policy("float32")
+  return model
+
+
+def refined_bound(model, data):
+  out = model.score(data, model.svi_config.steps, num_samples=0)
+  assert out["refined_nll_bound"].dtype == tf.float32  # the losses stay in float32
+  return out["refined_nll_bound"].numpy()
+
+
+@pytest.mark.parametrize("build, data", [(text_model, ragged_data), (image_model, image_data)])
+def test_bfloat16_computes_inside_the_networks_and_trains_close_to_float32(policy, build, data):
+  low, full = build("mixed_bfloat16", policy), build("float32", policy)
+  for network in (low.encoder, low.decoder):
+    assert network.compute_dtype == "bfloat16"
+    assert {v.dtype for v in network.weights} == {"float32"}
+    for layer in network._flatten_layers():  # sublayers inherit the policy
+      assert layer.compute_dtype == "bfloat16", layer.name
+  batch = data()
+  mean, logvar = low.initial_params(low.observe(batch))
+  assert mean.dtype == logvar.dtype == tf.float32  # lambda is float32
+  np.testing.assert_allclose(refined_bound(low, batch), refined_bound(full, batch), rtol=0.02)
+  for _ in range(3):
+    low_loss = low.train_step(batch)["loss"].numpy()
+    full_loss = full.train_step(batch)["loss"].numpy()
+  assert np.isfinite(low_loss)
+  np.testing.assert_allclose(low_loss, full_loss, rtol=0.03)
+  np.testing.assert_allclose(refined_bound(low, batch), refined_bound(full, batch), rtol=0.03)
+
+
+def test_float16_scales_the_loss_and_the_update_is_the_unscaled_one(policy):
+  low, full = text_model("mixed_float16", policy), text_model("float32", policy)
+  assert low.decoder.compute_dtype == "float16"
+  batch = ragged_data()
+  before = [v.numpy() for v in full.trainable_variables]
+  low.train_step(batch)
+  full.train_step(batch)
+  assert float(low.optimizer.dynamic_scale.numpy()) > 1000  # the loss was scaled, then unscaled
+  for b, v_low, v_full in zip(before, low.trainable_variables, full.trainable_variables):
+    np.testing.assert_allclose(v_low.numpy() - b, v_full.numpy() - b, rtol=0.05, atol=2e-3,
+                               err_msg=v_low.path)
+
+
+@pytest.mark.parametrize("network", [
+    lambda: LSTMDecoder(VOCAB, 4, 4, LATENT), lambda: LSTMEncoder(VOCAB, 4, 4, LATENT),
+    lambda: GatedPixelCNN(LATENT, channels=4, kernel_sizes=(3,), image_shape=(4, 4)),
+    lambda: ResNetEncoder(LATENT, channels=4, stages=1, image_shape=(4, 4))])
+def test_a_reloaded_network_computes_in_the_policy_it_was_built_with(policy, network):
+  policy("mixed_bfloat16")
+  built = network()
+  policy("float32")
+  again = type(built).from_config(built.get_config())
+  assert [layer.compute_dtype for layer in again._flatten_layers()] == [
+      layer.compute_dtype for layer in built._flatten_layers()]
+  assert again.compute_dtype == "bfloat16"
