@@ -27,13 +27,14 @@ SMOKE_RUNS = {
                      "--interpolate=w1 w2|w3 w4", "--max_length=4"], "== interpolation"),
     "train_text.py": (["--data_dir={data}", "--model=vae", "--enc_word_dim=4", "--enc_h_dim=4",
                        "--dec_word_dim=4", "--dec_h_dim=4", "--latent_dim=2", "--epochs=1",
-                       "--num_samples=2", "--model_dir=run", "--export_dir=exp"],
+                       "--num_samples=2", "--mixed_precision=mixed_bfloat16", "--model_dir=run",
+                       "--export_dir=exp"],
                       "SavedModel written to exp/1"),
     "train_images.py": (["--dataset=npz", "--data_dir={images}", "--model=vae", "--latent_dim=2",
                          "--enc_channels=4", "--enc_stages=1", "--dec_channels=4",
                          "--kernel_sizes=3,3", "--svi_steps=2", "--epochs=1", "--batch_size=10",
-                         "--num_samples=3", "--num_pictures=3", "--model_dir=run",
-                         "--export_dir=exp"], "SavedModel written to exp/1"),
+                         "--num_samples=3", "--num_pictures=3", "--mixed_precision=mixed_bfloat16",
+                         "--model_dir=run", "--export_dir=exp"], "SavedModel written to exp/1"),
 }
 
 
