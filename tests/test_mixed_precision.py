@@ -1,6 +1,10 @@
 """Mixed precision: float32 weights, bfloat16 / float16 arithmetic in the networks, and lambda, the
 refiner and the losses in float32 (tested on CPU)."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -98,3 +102,30 @@ def test_a_reloaded_network_computes_in_the_policy_it_was_built_with(policy, net
   assert [layer.compute_dtype for layer in again._flatten_layers()] == [
       layer.compute_dtype for layer in built._flatten_layers()]
   assert again.compute_dtype == "bfloat16"
+
+
+def test_a_bfloat16_export_reloaded_in_a_fresh_process_keeps_the_float32_contract(policy,
+                                                                                   tmp_path):
+  """The signatures of export/README.md (float32 at the boundary) from a bfloat16 model, and the
+  same outputs as the in-memory model."""
+  from savae_tf import export
+  from test_export import FRESH_PROCESS, call_all, text_model
+  policy("mixed_bfloat16")
+  model, vocabulary = text_model()
+  policy("float32")
+  assert model.decoder.compute_dtype == "bfloat16"
+  path = export.export(model, vocabulary, str(tmp_path / "export"))
+  out = tmp_path / "outputs.npz"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, path, str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  reloaded = np.load(out, allow_pickle=True)
+  for name, outputs in call_all(export.TextModelExport(model, vocabulary).signatures()).items():
+    for key, value in outputs.items():
+      got = reloaded[f"{name}/{key}"]
+      if value.dtype == tf.string:
+        assert got.tolist() == value.numpy().tolist(), (name, key)
+        continue
+      assert value.dtype in (tf.float32, tf.int32) and got.dtype == value.dtype.as_numpy_dtype
+      np.testing.assert_allclose(got, value.numpy(), rtol=1e-5, atol=1e-5, err_msg=name + key)
