@@ -7,8 +7,9 @@ embedding 256, LSTM 256, latent 32, batch 32, 21 predicted tokens, vocabulary 10
 minus what was allocated before.
 
 It also prints, for each K, the least matrix-multiply work any exact SA-VAE gradient needs, as a
-multiple of a VAE step's (see `timing.exact_savae_floor`): the ratio no implementation can go
-below.
+multiple of a VAE step's (see `timing.exact_savae_floor`): a floor in FLOPs. As a ratio of times
+it assumes both steps run their products equally fast; a step that runs them faster than the VAE
+step (the exact modes at the paper's size do) measures below it (BENCHMARKS.md).
 
   python bench/step_bench.py                                   # the table in BENCHMARKS.md
   python bench/step_bench.py --word_dim=512 --hidden_dim=1024  # the paper's Yahoo sizes

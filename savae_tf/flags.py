@@ -52,6 +52,10 @@ def define_svi_flags(per_example_lr: float = DEFAULT_SVI_LR["per_example"]):
       "Memory budget of 'reverse' and 'finite_difference', in steps: the last N refinement "
       "steps keep their activations and are differentiated as 'unrolled' (faster, memory grows "
       "by one step's activations each); 0 keeps memory flat in K.", lower_bound=0)
+  flags.register_multi_flags_validator(
+      ["refine_keep_steps", "refine_gradient"],
+      lambda f: not f["refine_keep_steps"] or f["refine_gradient"] in svi.SWEPT_MODES,
+      message="--refine_keep_steps needs --refine_gradient=reverse or finite_difference.")
 
 
 def define_training_flags(epochs: int, optimizer: str, learning_rate: float, warmup: int,

@@ -64,6 +64,9 @@ class SVIConfig:
       raise ValueError(f"SVI steps must be >= 0; got {self.steps}.")
     if self.keep_steps < 0:
       raise ValueError(f"keep_steps must be >= 0; got {self.keep_steps}.")
+    if self.keep_steps and self.gradient not in svi.SWEPT_MODES:
+      raise ValueError(f"keep_steps is a budget of the reverse sweep: it needs gradient "
+                       f"{' or '.join(svi.SWEPT_MODES)}, not {self.gradient!r}.")
     if self.gradient not in svi.GRADIENT_MODES:
       raise ValueError(f"Unknown refine gradient {self.gradient!r}; expected one of "
                        f"{svi.GRADIENT_MODES}.")

@@ -42,6 +42,14 @@ def test_the_step_size_defaults_to_the_convention_and_batch_mean_records_the_bat
     parse("--svi_step_scale=sum")
 
 
+def test_the_reverse_sweeps_memory_budget_reaches_the_refiner(parse):
+  assert parse().keep_steps == 0
+  assert parse("--refine_keep_steps=3").keep_steps == 3
+  assert parse("--refine_gradient=finite_difference", "--refine_keep_steps=2").keep_steps == 2
+  with pytest.raises(flags.IllegalFlagValueError, match="needs --refine_gradient"):
+    parse("--refine_gradient=unrolled", "--refine_keep_steps=3")
+
+
 def as_on_a_gpu(use_cudnn):
   return use_cudnn is True or use_cudnn == "auto"
 

@@ -145,6 +145,10 @@ def test_svi_config_rejects_bad_settings():
     SVIConfig(step_scale="sum")
   with pytest.raises(ValueError, match="needs the training batch_size"):
     SVIConfig(step_scale="batch_mean")
+  with pytest.raises(ValueError, match="keep_steps must be >= 0"):
+    SVIConfig(keep_steps=-1)
+  with pytest.raises(ValueError, match="keep_steps is a budget of the reverse sweep"):
+    SVIConfig(gradient="unrolled", keep_steps=2)
 
 
 def test_a_batch_mean_model_evaluates_with_the_per_example_equivalent_step():
