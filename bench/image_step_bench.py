@@ -15,7 +15,8 @@ fixed binary batch; the median of `--repeats` calls after a warm-up.
 
 
 # bench/timing.py, imported first: it configures TensorFlow.
-from timing import describe_machine, exact_savae_floor, measure, refiner_gradient
+from timing import (VARIANTS, describe_machine, exact_savae_floor, measure, refiner_gradient,
+                    step_configs)
 
 from absl import app
 from absl import flags
@@ -37,6 +38,8 @@ flags.DEFINE_integer("batch", 16, "Images per batch.")
 flags.DEFINE_list("steps", ["20"], "Values of K.")
 flags.DEFINE_list("gradients", ["reverse"],
                   "Gradient modes for savae; MODE:N keeps the last N steps (`keep_steps`).")
+flags.DEFINE_list("variants", list(VARIANTS),
+                  "Which variants to time (the VAE step, the ratios' unit, always runs).")
 flags.DEFINE_integer("repeats", 3, "Timed steps per configuration (median reported).")
 FLAGS = flags.FLAGS
 
@@ -81,10 +84,7 @@ def main(_):
   rng = np.random.default_rng(0)
   batch = {"images": tf.constant(
       (rng.random((FLAGS.batch, FLAGS.size, FLAGS.size, 1)) < 0.2).astype(np.float32))}
-  configs = [("autoreg", 0, "none"), ("vae", 0, "none")]
-  for k in [int(k) for k in FLAGS.steps]:
-    configs += [("svi", k, "none"), ("vae_svi", k, "none"), ("vae_svi_kl", k, "none")]
-    configs += [("savae", k, g) for g in FLAGS.gradients]
+  configs = step_configs([int(k) for k in FLAGS.steps], FLAGS.gradients, FLAGS.variants)
   print(describe_machine())
   print(f"image model: {FLAGS.size}x{FLAGS.size}, encoder {FLAGS.enc_stages} x "
         f"{FLAGS.enc_channels} channels, PixelCNN {len(FLAGS.kernel_sizes)} layers x "

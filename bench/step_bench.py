@@ -20,7 +20,8 @@ step (the exact modes at the paper's size do) measures below it (BENCHMARKS.md).
 
 
 # bench/timing.py, imported first: it configures TensorFlow.
-from timing import describe_machine, exact_savae_floor, measure, refiner_gradient
+from timing import (VARIANTS, describe_machine, exact_savae_floor, measure, refiner_gradient,
+                    step_configs)
 
 from absl import app
 from absl import flags
@@ -41,7 +42,7 @@ flags.DEFINE_integer("length", 21, "Predicted tokens per sentence.")
 flags.DEFINE_list("steps", ["10", "20"], "Values of K.")
 flags.DEFINE_list("gradients", ["reverse", "unrolled", "finite_difference"],
                   "Gradient modes for savae; MODE:N keeps the last N steps (`keep_steps`).")
-flags.DEFINE_list("variants", ["autoreg", "vae", "svi", "vae_svi", "vae_svi_kl", "savae"],
+flags.DEFINE_list("variants", list(VARIANTS),
                   "Which variants to time (the VAE step, the ratios' unit, always runs).")
 flags.DEFINE_integer("repeats", 5, "Timed steps per configuration (median reported).")
 FLAGS = flags.FLAGS
@@ -75,11 +76,7 @@ def main(_):
   batch = {"tokens": tf.constant(rng.integers(4, FLAGS.vocab, (FLAGS.batch, FLAGS.length + 1)),
                                  tf.int32),
            "lengths": tf.fill([FLAGS.batch], FLAGS.length + 1)}
-  configs = [("autoreg", 0, "none"), ("vae", 0, "none")]
-  for k in [int(k) for k in FLAGS.steps]:
-    configs += [("svi", k, "none"), ("vae_svi", k, "none"), ("vae_svi_kl", k, "none")]
-    configs += [("savae", k, g) for g in FLAGS.gradients]
-  configs = [c for c in configs if c[0] in FLAGS.variants or c[0] == "vae"]
+  configs = step_configs([int(k) for k in FLAGS.steps], FLAGS.gradients, FLAGS.variants)
   print(describe_machine())
   print(f"text model: embedding {FLAGS.word_dim}, LSTM {FLAGS.hidden_dim}, latent "
         f"{FLAGS.latent_dim}, vocab {FLAGS.vocab}, batch {FLAGS.batch}, {FLAGS.length} tokens")

@@ -105,6 +105,20 @@ def exact_savae_floor(steps, decoder_flops, encoder_flops):
   return ((6 * steps + 3) * d + 3 * e) / (3 * (d + e))
 
 
+VARIANTS = ("autoreg", "vae", "svi", "vae_svi", "vae_svi_kl", "savae")
+
+
+def step_configs(steps, gradients, variants):
+  """(mode, K, gradient spec) of every training step a step benchmark times, in table order:
+  the VAE step (the ratios' unit) always, the other `variants` at each K in `steps`, savae once
+  per gradient spec."""
+  configs = [("autoreg", 0, "none"), ("vae", 0, "none")]
+  for k in steps:
+    configs += [("svi", k, "none"), ("vae_svi", k, "none"), ("vae_svi_kl", k, "none")]
+    configs += [("savae", k, g) for g in gradients]
+  return [c for c in configs if c[0] in variants or c[0] == "vae"]
+
+
 def refiner_gradient(spec: str):
   """A benchmark's gradient flag value, MODE or MODE:N, as SVIConfig keywords (N: keep_steps)."""
   gradient, _, keep_steps = spec.partition(":")

@@ -26,21 +26,21 @@ def linear_gaussian_data():
   return make
 
 
+def write_text_corpus(directory, seed=0):
+  """Writes a tiny train/val/test.txt corpus (160 / 24 / 24 sentences) into `directory`."""
+  rng = np.random.default_rng(seed)
+  words = "the a cat dog sat ran on mat big small red".split()
+  directory.mkdir(exist_ok=True)
+  for split, n in [("train.txt", 160), ("val.txt", 24), ("test.txt", 24)]:
+    lines = [" ".join(rng.choice(words, rng.integers(2, 7))) for _ in range(n)]
+    (directory / split).write_text("\n".join(lines) + "\n")
+  return directory
+
+
 @pytest.fixture
 def text_corpus(tmp_path):
-  """Factory: writes a tiny train/val/test.txt corpus into tmp_path / name; returns the path."""
-
-  def make(name="data", seed=0):
-    rng = np.random.default_rng(seed)
-    words = "the a cat dog sat ran on mat big small red".split()
-    directory = tmp_path / name
-    directory.mkdir(exist_ok=True)
-    for split, n in [("train.txt", 160), ("val.txt", 24), ("test.txt", 24)]:
-      lines = [" ".join(rng.choice(words, rng.integers(2, 7))) for _ in range(n)]
-      (directory / split).write_text("\n".join(lines) + "\n")
-    return directory
-
-  return make
+  """Factory: writes a tiny corpus (`write_text_corpus`) into tmp_path / name; returns the path."""
+  return lambda name="data", seed=0: write_text_corpus(tmp_path / name, seed)
 
 
 # Run in a fresh process that imports nothing of ours (the SavedModel must stand alone): calls

