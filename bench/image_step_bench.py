@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from savae_tf import methods
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.image import PAPER_KERNEL_SIZES, GatedPixelCNN, ResNetEncoder
 
@@ -68,11 +69,15 @@ def encoder_forward_flops():
   return 2 * FLAGS.batch * total
 
 
+def latent_size(mode):
+  return FLAGS.latent_dim if methods.METHODS[mode].uses_latent else 0
+
+
 def make_step(mode, steps=0, gradient="none"):
   keras.utils.set_random_seed(0)
   shape = (FLAGS.size, FLAGS.size)
   encoder = ResNetEncoder(FLAGS.latent_dim, FLAGS.enc_channels, FLAGS.enc_stages, shape)
-  decoder = GatedPixelCNN(0 if mode == "autoreg" else FLAGS.latent_dim, FLAGS.dec_channels,
+  decoder = GatedPixelCNN(latent_size(mode), FLAGS.dec_channels,
                           [int(k) for k in FLAGS.kernel_sizes], image_shape=shape)
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=FLAGS.latent_dim,
                            svi_config=SVIConfig(steps=steps, **refiner_gradient(gradient)))

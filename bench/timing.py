@@ -13,6 +13,8 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 import numpy as np
 import tensorflow as tf
 
+from savae_tf import methods
+
 
 def _rss():
   """This process's resident memory in bytes (Linux)."""
@@ -105,18 +107,24 @@ def exact_savae_floor(steps, decoder_flops, encoder_flops):
   return ((6 * steps + 3) * d + 3 * e) / (3 * (d + e))
 
 
-VARIANTS = ("autoreg", "vae", "svi", "vae_svi", "vae_svi_kl", "savae")
+VARIANTS = tuple(methods.METHODS)
 
 
 def step_configs(steps, gradients, variants):
-  """(mode, K, gradient spec) of every training step a step benchmark times, in table order:
-  the VAE step (the ratios' unit) always, the other `variants` at each K in `steps`, savae once
-  per gradient spec."""
-  configs = [("autoreg", 0, "none"), ("vae", 0, "none")]
-  for k in steps:
-    configs += [("svi", k, "none"), ("vae_svi", k, "none"), ("vae_svi_kl", k, "none")]
-    configs += [("savae", k, g) for g in gradients]
-  return [c for c in configs if c[0] in variants or c[0] == "vae"]
+  """(method, K, gradient spec) of every training step a step benchmark times: the VAE step (the
+  ratios' unit) always; of the other `variants`, a method that does not refine once (K = 0), one
+  that refines at each K in `steps`, and one that differentiates its refinement once per K and
+  gradient spec."""
+  configs = []
+  for name, method in methods.METHODS.items():
+    if name not in variants and name != "vae":
+      continue
+    if not method.refines:
+      configs.append((name, 0, "none"))
+    else:
+      specs = gradients if method.differentiates_refinement else ["none"]
+      configs += [(name, k, spec) for k in steps for spec in specs]
+  return configs
 
 
 def refiner_gradient(spec: str):

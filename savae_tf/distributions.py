@@ -46,6 +46,12 @@ def kl_to_prior(mean, logvar):
   return -0.5 * tf.reduce_sum(1.0 + logvar - tf.square(mean) - tf.exp(logvar), axis=-1)
 
 
+def kl_to_prior_per_dimension(mean, logvar):
+  """`kl_to_prior`'s terms, one per latent dimension: [batch, latent]. (`kl_to_prior` sums
+  before scaling, as it always has, so its float32 rounding is unchanged.)"""
+  return -0.5 * (1.0 + logvar - tf.square(mean) - tf.exp(logvar))
+
+
 _GOLDEN = 0x9E3779B9
 
 

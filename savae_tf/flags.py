@@ -9,6 +9,8 @@ from typing import Any, Dict
 from absl import flags
 import keras
 
+from savae_tf import methods
+from savae_tf import schedules
 from savae_tf import svi
 from savae_tf import training
 from savae_tf.model import DEFAULT_SVI_LR, SemiAmortizedVAE, SVIConfig
@@ -69,9 +71,22 @@ def define_training_flags(epochs: int, optimizer: str, learning_rate: float, war
                      lower_bound=0.0)
   flags.DEFINE_float("max_grad_norm", 5.0,
                      "The optimizer's global-norm clip over all parameters; <= 0 disables it.")
+  flags.DEFINE_enum("kl_schedule", "linear", list(schedules.SCHEDULES),
+                    "The KL weight beta per batch: 'linear' (the paper's warm-up over --warmup "
+                    "epochs), 'constant' (--beta; < 1 is a beta-VAE) or 'cyclical' (Fu et al. "
+                    "2019: --kl_cycles cycles over the whole run, beta rising from 0 to 1 over "
+                    "the first --kl_cycle_rise of each).")
   flags.DEFINE_integer("warmup", warmup,
-                       "KL warm-up in epochs (beta rises from 0.1 to 1); 0: beta = 1.",
+                       "Linear KL warm-up in epochs (beta rises from 0.1 to 1); 0: beta = 1.",
                        lower_bound=0)
+  flags.DEFINE_float("beta", 1.0, "The constant KL weight of --kl_schedule=constant.",
+                     lower_bound=0.0)
+  flags.DEFINE_integer("kl_cycles", 4, "Cycles of --kl_schedule=cyclical.", lower_bound=1)
+  flags.DEFINE_float("kl_cycle_rise", 0.5, "Fraction of each cycle over which beta rises.",
+                     lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float("free_bits", 0.0, "Free bits lambda in nats per latent dimension (Kingma "
+                     "et al. 2016; Li et al. 2019): the training KL is sum_d max(lambda, KL_d) "
+                     "over batch means; reported bounds stay true. 0: off.", lower_bound=0.0)
   flags.DEFINE_integer("test_svi_steps", None, "K at test time (default: --svi_steps).",
                        lower_bound=0)
   flags.DEFINE_integer("num_samples", 500, "Importance samples for the test iw_nll (0 skips it).",
@@ -142,7 +157,19 @@ def apply_preset(presets: Dict[str, Dict[str, Any]]):
 def decoder_use_cudnn(mode: str):
   """`use_cudnn` for the decoder of `mode`: False where it runs inside an exact refinement
   (cuDNN has no second-order gradient), else "auto" (cuDNN when a GPU is present)."""
-  return False if mode == "savae" and flags.FLAGS.refine_gradient in svi.EXACT_MODES else "auto"
+  exact = (methods.METHODS[mode].differentiates_refinement
+           and flags.FLAGS.refine_gradient in svi.EXACT_MODES)
+  return False if exact else "auto"
+
+
+def kl_schedule(steps_per_epoch: int):
+  """The KL weight schedule of the flags, for a run of --epochs epochs of `steps_per_epoch`."""
+  f = flags.FLAGS
+  if f.kl_schedule == "cyclical":
+    return schedules.Cyclical(f.epochs * steps_per_epoch, f.kl_cycles, f.kl_cycle_rise)
+  if f.kl_schedule == "linear" and f.warmup:
+    return schedules.Linear(f.warmup * steps_per_epoch)
+  return schedules.Constant(f.beta if f.kl_schedule == "constant" else 1.0)
 
 
 def model_from_flags(decoder, encoder, mode: str, latent_dim: int,
@@ -156,7 +183,8 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int,
                          batch_size=f.batch_size if batch_mean else None, **svi_settings())
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=latent_dim,
                            svi_config=svi_config, test_svi_steps=f.test_svi_steps,
-                           kl_warmup_steps=f.warmup * steps_per_epoch, seed=f.seed)
+                           kl_schedule=kl_schedule(steps_per_epoch), free_bits=f.free_bits,
+                           seed=f.seed)
   optimizer = training.make_optimizer(f.optimizer, f.learning_rate, f.max_grad_norm)
   if keras.mixed_precision.dtype_policy().name == "mixed_float16":
     # float16 gradients underflow unless the loss is scaled (dynamically, as Keras does).

@@ -13,15 +13,9 @@ resumed run repeats it); evaluation (`test_step`, `score`, `refine_for_evaluatio
 exported signature) keys every draw by the example's own content (`distributions.ExampleSeeds`)
 and refines per example, so an example's numbers do not depend on the batch it is in.
 
-Modes (what each trains, and by which loss):
-  autoreg     decoder only, no latent: exact NLL (the LSTM language model).
-  vae         encoder and decoder on f(lambda_0), lambda_0 = enc(x).
-  svi         no encoder: lambda_0 = 0, K SVI steps (gradient stopped), decoder on f(lambda_K).
-  vae_svi     decoder on f(lambda_K) from a detached lambda_0; encoder on f(lambda_0) only (the
-              decoder gets no gradient from f(lambda_0)).
-  vae_svi_kl  decoder on f(lambda_K); encoder on KL(q(lambda_0) || q(lambda_K)), lambda_K detached.
-  savae       everything on f(lambda_K) differentiated through the refinement; the encoder learns
-              only through lambda_0.
+Modes are the training methods of `savae_tf.methods` (what each trains, by which loss; one class
+each): autoreg, vae, svi, vae_svi, vae_svi_kl, savae. The KL weight schedule
+(`savae_tf.schedules`), free bits and the refiner's settings compose with any of them.
 
 Batches are dicts: text {"tokens": int32 [batch, time], "lengths": int32 [batch]}; images
 {"images": float32 [batch, height, width, 1]}. The decoder's `data_kind` says which it models.
@@ -34,10 +28,12 @@ import keras
 import tensorflow as tf
 
 from savae_tf import distributions
+from savae_tf import methods
 from savae_tf import objectives
+from savae_tf import schedules
 from savae_tf import svi
 
-MODES = ("autoreg", "vae", "svi", "vae_svi", "vae_svi_kl", "savae")
+MODES = tuple(methods.METHODS)
 
 # The refiner's default step size per convention. per_example: chosen on the synthetic
 # experiment's validation set (RESULTS.md; the text and image binaries choose their own, 0.03
@@ -153,23 +149,41 @@ def observe(data, kind: str) -> Observation:
   return Observation((tokens, lengths), tokens, targets, mask, targets)
 
 
+class PosteriorTerms(NamedTuple):
+  """f's terms at one posterior lambda = (mean, logvar): per example -log p(x | z) and KL, and the
+  training objective (the batch mean, with the KL weight and free bits)."""
+  mean: tf.Tensor
+  logvar: tf.Tensor
+  nll: tf.Tensor
+  kl: tf.Tensor
+  loss: tf.Tensor
+  tape: Optional[tf.GradientTape] = None  # recorded `loss` from lambda (`watch=True`)
+
+  def lambda_gradient(self):
+    """d loss / d (mean, logvar) (once; needs `watch=True`)."""
+    return self.tape.gradient(self.loss, [self.mean, self.logvar])
+
+
 class SemiAmortizedVAE(keras.Model):
   """Encoder + decoder + refiner, trained by `mode` (see the module docstring)."""
 
   def __init__(self, decoder, encoder=None, mode: str = "savae", latent_dim: int = 32,
                svi_config: SVIConfig = SVIConfig(), test_svi_steps: Optional[int] = None,
-               kl_warmup_steps: int = 0, kl_start: float = 0.1, eval_num_samples: int = 0,
-               active_unit_threshold: float = 0.01, seed: int = 3435, **kwargs):
+               kl_schedule=schedules.Constant(), free_bits: float = 0.0,
+               eval_num_samples: int = 0, active_unit_threshold: float = 0.01, seed: int = 3435,
+               **kwargs):
     """
     Args:
       decoder: a layer with `data_kind` ("text" or "images"), `floats_per_target`,
         `prepare(inputs, training, seed)` and `logits(context, z, training, seed)`.
       encoder: a layer `(*Observation.encoder_inputs, training) -> GaussianParams`; required by
         vae, vae_svi, vae_svi_kl and savae, unused by autoreg and svi.
-      kl_warmup_steps: batches over which the KL weight beta rises linearly from `kl_start` to 1:
-        beta_t = min(1, kl_start + t / kl_warmup_steps) for the t-th batch (1-based), the paper's
-        rule with kl_warmup_steps = warmup epochs x batches per epoch. 0: beta = 1 throughout.
+      kl_schedule: beta, the KL weight, per training batch (`savae_tf.schedules`; default 1).
         beta weights the KL inside the refinement too; evaluation always uses beta = 1.
+      free_bits: lambda (nats) of free bits (Kingma et al. 2016, per dimension as Li et al. 2019):
+        the training objective's KL is sum_d max(lambda, KL_d), KL_d the batch mean of latent
+        dimension d's KL, so dimensions under lambda get no KL gradient. The training objective
+        only: the refiner's steps and every reported bound use the true KL. 0: off.
       test_svi_steps: K at evaluation (default: the training K).
       eval_num_samples: importance samples for `iw_nll` in `evaluate` (0: skip it).
 
@@ -178,29 +192,29 @@ class SemiAmortizedVAE(keras.Model):
     once and come from `savae_tf.evaluate.evaluate`.
     """
     super().__init__(**kwargs)
-    if mode not in MODES:
-      raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
-    needs_encoder = mode in ("vae", "vae_svi", "vae_svi_kl", "savae")
-    if needs_encoder and encoder is None:
+    self.method = methods.get(mode)
+    if self.method.uses_encoder and encoder is None:
       raise ValueError(f"mode {mode!r} needs an encoder.")
-    if (mode == "savae" and svi_config.gradient in svi.EXACT_MODES
+    if free_bits < 0:
+      raise ValueError(f"free_bits must be >= 0 nats; got {free_bits}.")
+    if (self.method.differentiates_refinement and svi_config.gradient in svi.EXACT_MODES
         and not getattr(decoder, "has_second_order_gradient", True)):
       raise ValueError(
           f"Refine gradient {svi_config.gradient!r} differentiates the decoder's gradient, and "
           "the decoder would run cuDNN's LSTM kernel, which has no second-order gradient. Build "
           "the decoder with use_cudnn=False, or use gradient 'finite_difference'.")
     self.decoder = decoder
-    self.encoder = encoder if needs_encoder else None
+    self.encoder = encoder if self.method.uses_encoder else None
     self.mode = mode
-    self.latent_dim = 0 if mode == "autoreg" else latent_dim
+    self.latent_dim = latent_dim if self.method.uses_latent else 0
     self.svi_config = svi_config
     self.test_svi_steps = svi_config.steps if test_svi_steps is None else test_svi_steps
-    self.kl_warmup_steps = kl_warmup_steps
-    self.kl_start = kl_start
+    self.kl_schedule = kl_schedule
+    self.free_bits = free_bits
     self.eval_num_samples = eval_num_samples
     self.seed = seed
     self.active_unit_threshold = active_unit_threshold
-    self.refines = mode in ("svi", "vae_svi", "vae_svi_kl", "savae")
+    self.refines = self.method.refines
     names = ["loss", "nll_bound", "kl"] + (["refined_nll_bound"] if self.refines else [])
     self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
     self.eval_trackers = {name: keras.metrics.Mean(name=name) for name in
@@ -216,8 +230,9 @@ class SemiAmortizedVAE(keras.Model):
             "encoder": None if self.encoder is None else serialize(self.encoder),
             "mode": self.mode, "latent_dim": self.latent_dim,
             "svi_config": dataclasses.asdict(self.svi_config),
-            "test_svi_steps": self.test_svi_steps, "kl_warmup_steps": self.kl_warmup_steps,
-            "kl_start": self.kl_start, "eval_num_samples": self.eval_num_samples,
+            "test_svi_steps": self.test_svi_steps,
+            "kl_schedule": schedules.to_config(self.kl_schedule), "free_bits": self.free_bits,
+            "eval_num_samples": self.eval_num_samples,
             "active_unit_threshold": self.active_unit_threshold, "seed": self.seed}
 
   @classmethod
@@ -227,6 +242,12 @@ class SemiAmortizedVAE(keras.Model):
     config["decoder"] = deserialize(config["decoder"])
     config["encoder"] = config["encoder"] and deserialize(config["encoder"])
     config["svi_config"] = SVIConfig(**config["svi_config"])
+    if "kl_warmup_steps" in config:  # saved before schedules: a linear warm-up, or none
+      warmup, start = config.pop("kl_warmup_steps"), config.pop("kl_start", 0.1)
+      config["kl_schedule"] = (schedules.Linear(warmup, start) if warmup
+                               else schedules.to_config(schedules.Constant()))
+    if isinstance(config.get("kl_schedule"), dict):
+      config["kl_schedule"] = schedules.from_config(config["kl_schedule"])
     return cls(**config)
 
   @property
@@ -236,15 +257,24 @@ class SemiAmortizedVAE(keras.Model):
 
   # --- The objective. ---
 
-  def kl_weight(self, step):
-    """beta for the 0-based training batch `step`."""
-    if not self.kl_warmup_steps:
-      return tf.constant(1.0)
-    t = tf.cast(step + 1, tf.float32)
-    return tf.minimum(1.0, self.kl_start + t / float(self.kl_warmup_steps))
-
   def observe(self, data) -> Observation:
     return observe(data, self.decoder.data_kind)
+
+  def posterior_terms(self, batch: methods.Batch, mean, logvar, seed,
+                      watch=False) -> PosteriorTerms:
+    """f's terms at lambda = (mean, logvar), one z from `seed`; with `watch`, recorded for
+    `PosteriorTerms.lambda_gradient`."""
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      if watch:
+        tape.watch([mean, logvar])
+      nll, kl = self.negative_elbo_terms(batch.context, batch.obs, mean, logvar, seed,
+                                         batch.training)
+      if self.free_bits and batch.training:
+        loss = batch.mean(nll) + batch.kl_weight * objectives.free_bits_kl(mean, logvar,
+                                                                           self.free_bits)
+      else:
+        loss = batch.mean(nll + batch.kl_weight * kl)
+    return PosteriorTerms(mean, logvar, nll, kl, loss, tape if watch else None)
 
   def negative_elbo_terms(self, context, obs, mean, logvar, seed, training):
     """(-log p(x | z), KL) per example at lambda = (mean, logvar), one z drawn from `seed`
@@ -267,90 +297,44 @@ class SemiAmortizedVAE(keras.Model):
     """(seed for lambda_0's z, for lambda_K's z, for the refinement steps)."""
     return distributions.split(seed, 3)
 
-  def refine_posterior(self, context, obs, mean0, logvar0, steps, gradient, seed, training,
-                       kl_weight):
-    """lambda_K: `steps` SVI steps on f from lambda_0; step k's z and dropout from seed and k.
+  def refine_posterior(self, batch: methods.Batch, mean0, logvar0, gradient):
+    """lambda_K: K SVI steps on f from lambda_0 (gradient mode `gradient`, None: the config's);
+    step k's z and dropout from the batch's refinement seed and k.
 
     Training refines with `svi_config`; evaluation with its per-example equivalent, so that no
     example's refinement depends on its batch.
     """
-    config = self.svi_config if training else self.svi_config.per_example_equivalent()
+    config = self.svi_config if batch.training else self.svi_config.per_example_equivalent()
 
     def loss_fn(mean, logvar, step, inputs):
-      nll, kl = self.negative_elbo_terms(inputs[0], obs, mean, logvar,
-                                         distributions.step_seed(seed, step), training)
-      return nll + kl_weight * kl
+      nll, kl = self.negative_elbo_terms(inputs[0], batch.obs, mean, logvar,
+                                         distributions.step_seed(batch.seed_refine, step),
+                                         batch.training)
+      return nll + batch.kl_weight * kl
 
     # The decoder's z-independent work (`context`) is computed once and handed to the refiner
     # as an input, so the reverse sweep returns its gradient too.
-    return config.refine(loss_fn, mean0, logvar0, steps, gradient, inputs=[context])
+    return config.refine(loss_fn, mean0, logvar0, batch.steps, gradient,
+                         inputs=[batch.context])
 
   def forward(self, data, seed, training, kl_weight, steps, gradient, refine=None):
-    """Everything one batch needs: a dict of per-example terms and the losses to minimise.
+    """The method's terms and losses for one batch (`savae_tf.methods`), and `tokens`.
 
-    `refine` (default: whether the mode refines) forces test-time refinement for a `vae`.
+    `refine` (default: whether the method refines) forces test-time refinement for a `vae`.
     """
-    refine = self.refines if refine is None else refine
+    batch = self.batch(data, seed, training, kl_weight, steps, gradient)
+    out = self.method.forward(self, batch, self.refines if refine is None else refine)
+    out["tokens"] = batch.obs.units()
+    return out
+
+  def batch(self, data, seed, training, kl_weight, steps, gradient) -> methods.Batch:
     obs = self.observe(data)
-    # The decoder's z-independent work (and its dropout masks) once per batch, shared by lambda_0's,
-    # every refinement step's and lambda_K's loss.
+    # The decoder's z-independent work (and its dropout masks) once per batch, shared by
+    # lambda_0's, every refinement step's and lambda_K's terms.
     context = self.decoder.prepare(obs.decoder_inputs, training=training,
                                    seed=distributions.fold_in(seed, 3) if training else None)
-    out = {"tokens": obs.units()}
-    seed_0, seed_k, seed_refine = self.split_seed(seed)
-    # Over the whole batch, across tf.distribute replicas: the replicas' gradients, which the
-    # optimizer sums, then add up to the gradient of the whole batch's mean.
-    batch = svi.global_batch_size(tf.shape(obs.targets)[0])
-
-    def batch_mean(values):
-      return tf.reduce_sum(values) / batch
-
-    if self.mode == "autoreg":
-      logits = self.decoder.logits(context, None, training=training,
-                                   seed=seed_0 if training else None)
-      out["nll"] = obs.nll(logits)
-      out["nll_bound"] = out["nll"]
-      out["kl"] = tf.zeros_like(out["nll"])
-      out["loss"] = batch_mean(out["nll"])
-      return out
-
-    mean0, logvar0 = self.initial_params(obs, training)
-    out["mean0"], out["logvar0"] = mean0, logvar0
-    if self.mode != "svi":
-      with tf.GradientTape(watch_accessed_variables=False) as lambda_tape:
-        lambda_tape.watch([mean0, logvar0])
-        nll0, kl0 = self.negative_elbo_terms(context, obs, mean0, logvar0, seed_0, training)
-        out["amortized_loss"] = batch_mean(nll0 + kl_weight * kl0)
-      out["nll_bound"], out["kl"] = nll0 + kl0, kl0
-      out["loss"] = out["amortized_loss"]
-    if not refine:
-      return out
-
-    if self.mode == "savae":
-      mean_k, logvar_k = self.refine_posterior(context, obs, mean0, logvar0, steps, gradient,
-                                               seed_refine, training, kl_weight)
-    else:
-      mean_k, logvar_k = self.refine_posterior(
-          context, obs, tf.stop_gradient(mean0), tf.stop_gradient(logvar0), steps, "none",
-          seed_refine, training, kl_weight)
-    nll_k, kl_k = self.negative_elbo_terms(context, obs, mean_k, logvar_k, seed_k, training)
-    out["refined_nll_bound"], out["kl"] = nll_k + kl_k, kl_k
-    out["mean"], out["logvar"] = mean_k, logvar_k
-    out["decoder_loss"] = batch_mean(nll_k + kl_weight * kl_k)
-    if self.mode == "svi":
-      out["nll_bound"] = out["refined_nll_bound"]
-    if self.mode == "vae_svi_kl":
-      q0 = distributions.posterior(mean0, logvar0)
-      q_k = distributions.posterior(tf.stop_gradient(mean_k), tf.stop_gradient(logvar_k))
-      out["encoder_loss"] = batch_mean(distributions.tfd.kl_divergence(q0, q_k))
-    elif self.mode == "vae_svi":
-      # d f(lambda_0) / d lambda_0 pushed into the encoder alone: a surrogate whose gradient with
-      # respect to the encoder is exactly that, and which the decoder does not appear in.
-      g_mean, g_logvar = lambda_tape.gradient(out["amortized_loss"], [mean0, logvar0])
-      out["encoder_loss"] = (tf.reduce_sum(tf.stop_gradient(g_mean) * mean0)
-                             + tf.reduce_sum(tf.stop_gradient(g_logvar) * logvar0))
-    out["loss"] = out["decoder_loss"]
-    return out
+    return methods.Batch(obs, context, *self.split_seed(seed), training, kl_weight, steps,
+                         gradient)
 
   # --- Keras hooks. ---
 
@@ -361,7 +345,7 @@ class SemiAmortizedVAE(keras.Model):
     if replica is not None and replica.num_replicas_in_sync > 1:  # independent noise per replica
       seed = tf.random.experimental.stateless_fold_in(seed, replica.replica_id_in_sync_group)
     with tf.GradientTape() as tape:
-      out = self.forward(data, seed, True, self.kl_weight(step), self.svi_config.steps, None)
+      out = self.forward(data, seed, True, self.kl_schedule(step), self.svi_config.steps, None)
       # VAE+SVI(+KL): encoder_loss does not depend on the decoder and decoder_loss not on the
       # encoder (lambda_K is refined from a detached lambda_0), so one tape over their sum
       # routes each to its own network. (A persistent tape here held every refinement step's
@@ -407,7 +391,7 @@ class SemiAmortizedVAE(keras.Model):
 
   def iw_nll(self, data, out, num_samples):
     """-log p(x) per example by importance sampling, proposal q at the refined lambda."""
-    if self.mode == "autoreg":
+    if not self.method.uses_latent:
       return out["nll"]
     obs = self.observe(data)
     context = self.decoder.prepare(obs.decoder_inputs, training=False)
@@ -461,10 +445,9 @@ class SemiAmortizedVAE(keras.Model):
     """lambda_K from a given lambda_0, with the noise `score` uses for these examples."""
     if not self.latent_dim:
       return distributions.GaussianParams(mean, logvar)
-    obs = self.observe(data)
-    seed_refine = self.split_seed(self.evaluation_seed(obs, 1))[2]
-    return self.refine_posterior(self.decoder.prepare(obs.decoder_inputs), obs, mean, logvar,
-                                 steps, "none", seed_refine, False, tf.constant(1.0))
+    batch = self.batch(data, self.evaluation_seed(self.observe(data), 1), False,
+                       tf.constant(1.0), steps, "none")
+    return self.refine_posterior(batch, mean, logvar, "none")
 
   def evaluation_seed(self, obs: Observation, purpose: int) -> distributions.ExampleSeeds:
     """Noise keys of each example's content (not its batch or position), so an example's
@@ -478,7 +461,7 @@ class SemiAmortizedVAE(keras.Model):
     if self.decoder.data_kind == "text":  # perplexity is per token; images report nats
       tokens = tf.maximum(self.totals["tokens"].result(), 1.0)
       results["ppl_bound"] = tf.exp(self.totals["bound_total"].result() / tokens)
-      if self.mode == "autoreg":
+      if not self.method.uses_latent:
         results["ppl"] = results["ppl_bound"]
       elif self.eval_num_samples:
         results["ppl"] = tf.exp(self.totals["iw_total"].result() / tokens)

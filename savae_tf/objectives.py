@@ -105,3 +105,25 @@ def active_units(mean_variance, threshold: float = 0.01):
   """Number of latent dimensions whose posterior mean varies across the data: Var_x E_q[z_d] >
   threshold (Burda et al. 2016). `mean_variance` is that variance per dimension, [latent]."""
   return tf.reduce_sum(tf.cast(mean_variance > threshold, tf.int32))
+
+
+def free_bits_kl(mean, logvar, threshold: float):
+  """sum_d max(threshold, KL_d), KL_d the mean over the whole batch (across tf.distribute
+  replicas) of latent dimension d's KL(q || N(0, I)): the free-bits KL term.
+
+  Its gradient reaches only the dimensions with KL_d above the threshold. Under several replicas
+  each returns its share: the values and the gradients summed over replicas are the whole
+  batch's.
+  """
+  per_dim = tf.reduce_sum(distributions.kl_to_prior_per_dimension(mean, logvar), 0)  # [D]
+  batch = tf.cast(tf.shape(mean)[0], per_dim.dtype)
+  replicas = 1
+  context = tf.distribute.get_replica_context()
+  total, whole_batch = tf.stop_gradient(per_dim), batch
+  if context is not None and context.num_replicas_in_sync > 1:
+    replicas = context.num_replicas_in_sync
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, total)
+    whole_batch = context.all_reduce(tf.distribute.ReduceOp.SUM, batch)
+  above = total / whole_batch > threshold
+  return tf.reduce_sum(tf.where(above, per_dim / whole_batch,
+                                tf.cast(threshold / replicas, per_dim.dtype)))

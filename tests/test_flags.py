@@ -5,6 +5,7 @@ import keras
 import pytest
 
 from savae_tf import flags as savae_flags
+from savae_tf import schedules
 from savae_tf.networks import text
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
@@ -40,6 +41,19 @@ def test_the_step_size_defaults_to_the_convention_and_batch_mean_records_the_bat
   assert parse("--svi_lr=0.05").lr == 0.05
   with pytest.raises(flags.IllegalFlagValueError):
     parse("--svi_step_scale=sum")
+
+
+def test_the_kl_schedule_and_free_bits_reach_the_model(parse):
+  model = parse(model=True)  # --warmup=0 (this registry's default): beta = 1
+  assert (model.kl_schedule, model.free_bits) == (schedules.Constant(1.0), 0.0)
+  assert parse("--warmup=3", model=True).kl_schedule == schedules.Linear(30)  # 10 steps an epoch
+  assert parse("--kl_schedule=constant", "--beta=0.2", model=True).kl_schedule == (
+      schedules.Constant(0.2))
+  cyclical = parse("--kl_schedule=cyclical", "--epochs=8", "--kl_cycles=2",
+                   "--kl_cycle_rise=0.25", "--free_bits=0.5", model=True)
+  assert cyclical.kl_schedule == schedules.Cyclical(80, 2, 0.25) and cyclical.free_bits == 0.5
+  with pytest.raises(flags.IllegalFlagValueError):
+    parse("--kl_schedule=sigmoid")
 
 
 def test_the_reverse_sweeps_memory_budget_reaches_the_refiner(parse):
