@@ -2,8 +2,11 @@
 
 The names are the project's: `nll_bound` (amortized -ELBO, nats per example),
 `refined_nll_bound` (after `svi_steps` test-time SVI steps), `kl`, `iw_nll` (importance-weighted,
-`num_samples` samples, proposal q at the refined posterior), `ppl`, `ppl_bound`, `mi`,
-`active_units`. Evaluation uses KL weight 1, no dropout, and a stopped refinement gradient.
+`num_samples` samples, proposal q at the refined posterior), `ppl`, `ppl_bound`, `mi` and
+`active_units` (He et al. 2019's, of the encoder's posterior q(z | x; lambda_0)), and for refined
+models `refined_mi` and `refined_active_units` (the same of the refined posterior lambda_K, where
+the refiner's noise spreads the means). Evaluation uses KL weight 1, no dropout, and a stopped
+refinement gradient.
 
 Both entry points, a Keras model (`evaluate`) and exported signatures (`evaluate_sentences`),
 score batches into per-example rows and reduce them with one function (`report`). Every row
@@ -26,8 +29,9 @@ def report(rows: Mapping[str, np.ndarray], text: bool,
   """The metrics of a data set from its per-example rows.
 
   `rows` holds [N] arrays for any of `PER_EXAMPLE`, `tokens` (predicted tokens per example;
-  text), and [N, latent] `mean`, `logvar` (the posterior the statistics are about) and `z` (one
-  draw from it per example) for models with a latent.
+  text), and for models with a latent [N, latent] `mean0`, `logvar0` (the encoder's posterior)
+  and `z0` (one draw from it per example), and `mean`, `logvar`, `z` likewise of the refined
+  posterior when `refined_nll_bound` is there.
   """
   result = {name: float(np.mean(rows[name], dtype=np.float64)) for name in PER_EXAMPLE
             if name in rows}
@@ -37,11 +41,15 @@ def report(rows: Mapping[str, np.ndarray], text: bool,
     result["ppl_bound"] = float(np.exp(np.sum(bound, dtype=np.float64) / tokens))
     if "iw_nll" in rows:
       result["ppl"] = float(np.exp(np.sum(rows["iw_nll"], dtype=np.float64) / tokens))
-  if "mean" in rows and rows["mean"].shape[-1]:
-    mean, logvar, z = (tf.constant(rows[name], tf.float64) for name in ("mean", "logvar", "z"))
-    result["mi"] = float(objectives.mutual_information(mean, logvar, z))
-    variance = np.var(rows["mean"].astype(np.float64), axis=0)
-    result["active_units"] = int(objectives.active_units(variance, active_unit_threshold))
+  posteriors = {"": "0", "refined_": ""} if "refined_nll_bound" in rows else {"": "0"}
+  for prefix, suffix in posteriors.items():
+    if f"mean{suffix}" in rows and rows[f"mean{suffix}"].shape[-1]:
+      mean, logvar, z = (tf.constant(rows[name + suffix], tf.float64)
+                         for name in ("mean", "logvar", "z"))
+      result[f"{prefix}mi"] = float(objectives.mutual_information(mean, logvar, z))
+      variance = np.var(rows[f"mean{suffix}"].astype(np.float64), axis=0)
+      result[f"{prefix}active_units"] = int(objectives.active_units(variance,
+                                                                    active_unit_threshold))
   return result
 
 
@@ -58,13 +66,14 @@ def evaluate(model, dataset, svi_steps: Optional[int] = None,
              num_samples: int = 500) -> Dict[str, float]:
   """The report of `model` (a SemiAmortizedVAE) on `dataset`, with test-time K `svi_steps`
   (default: the model's) and `num_samples` importance samples (0 skips `iw_nll`). Refining modes
-  report `refined_nll_bound` and use the refined posterior for `iw_nll`, `mi`, `active_units`."""
+  report `refined_nll_bound`, `refined_mi`, `refined_active_units` and use the refined posterior
+  for `iw_nll`."""
   if num_samples < 0:
     raise ValueError(f"num_samples must be >= 0 (0 skips iw_nll); got {num_samples}.")
   steps = model.test_svi_steps if svi_steps is None else svi_steps
   if steps < 0:
     raise ValueError(f"svi_steps must be >= 0; got {steps}.")
-  names = PER_EXAMPLE + ("tokens", "mean", "logvar", "z")
+  names = PER_EXAMPLE + ("tokens", "mean", "logvar", "z", "mean0", "logvar0", "z0")
 
   @tf.function(input_signature=[dataset.element_spec])
   def score(data):

@@ -88,7 +88,9 @@ class ModelExport(tf.Module):
     empty = tf.zeros([batch, 0])  # the language model has no latent
     return {"nll_bound": out["nll_bound"], "refined_nll_bound": out["refined_nll_bound"],
             "kl": out["kl"], "iw_nll": out["iw_nll"], "mean": out.get("mean", empty),
-            "logvar": out.get("logvar", empty), "z": out.get("z", empty)}
+            "logvar": out.get("logvar", empty), "z": out.get("z", empty),
+            "mean0": out.get("mean0", empty), "logvar0": out.get("logvar0", empty),
+            "z0": out.get("z0", empty)}
 
   def refined_mean(self, inputs, steps):
     """The posterior mean after `steps` refinement steps from the encoder's proposal."""

@@ -423,7 +423,8 @@ class SemiAmortizedVAE(keras.Model):
     Returns the forward dict with `nll_bound` (amortized), `refined_nll_bound` (after `steps`
     test-time SVI steps; with `refine` None every mode with a latent refines here, a VAE too),
     `kl` (at the refined posterior), `mean`, `logvar` (the refined posterior), `z` (one draw from
-    it, for the mutual information), `iw_nll` (`num_samples` importance samples, proposal q at
+    it, for the refined mutual information), `mean0`, `logvar0`, `z0` (the same of the encoder's
+    posterior lambda_0, for He et al.'s mutual information and active units), `iw_nll` (`num_samples` importance samples, proposal q at
     the refined posterior; skipped when `num_samples` is the Python int 0) and `tokens`
     (predicted tokens, or pixels, per example). The autoregressive baseline's three NLLs are its
     exact NLL.
@@ -437,6 +438,7 @@ class SemiAmortizedVAE(keras.Model):
       out.setdefault("mean", out["mean0"])
       out.setdefault("logvar", out["logvar0"])
       out["z"] = distributions.sample(out["mean"], out["logvar"], self.evaluation_seed(obs, 2))
+      out["z0"] = distributions.sample(out["mean0"], out["logvar0"], self.evaluation_seed(obs, 4))
     if not (isinstance(num_samples, int) and num_samples == 0):
       out["iw_nll"] = self.iw_nll(data, out, num_samples)
     return out

@@ -76,3 +76,26 @@ def test_evaluating_sentences_through_the_signatures_matches_evaluate(oracle_cas
   assert report["num_sentences"] == len(truth) and report["num_tokens"] == 5 * len(truth)
   with pytest.raises(ValueError, match="No sentences"):
     evaluate_sentences(signatures, [])
+
+
+def test_mi_and_active_units_are_the_encoders_and_the_refined_ones_have_their_own_names(
+    oracle_case):
+  import numpy as np
+  from savae_tf import objectives
+  model, test, _ = oracle_case
+  report = evaluate(model, test, svi_steps=20, num_samples=0)
+  encoder_means, refined_means = [], []
+  for data in test:
+    mean0, logvar0 = model.initial_params(model.observe(data))
+    encoder_means.append(mean0.numpy())
+    refined_means.append(model.refine_for_evaluation(data, mean0, logvar0, 20).mean.numpy())
+  for name, means in (("active_units", encoder_means), ("refined_active_units", refined_means)):
+    variance = np.var(np.concatenate(means).astype(np.float64), axis=0)
+    assert report[name] == int(objectives.active_units(variance, 0.01)), name
+  # The untrained encoder's means barely move from example to example; refinement spreads them.
+  assert report["refined_active_units"] > report["active_units"]
+  assert report["refined_mi"] > report["mi"]
+  # A model that does not refine reports the encoder's statistics only.
+  vae = SemiAmortizedVAE(model.decoder, model.encoder, mode="vae", latent_dim=2)
+  assert {"mi", "active_units"} <= set(evaluate(vae, test, num_samples=0))
+  assert not {"refined_mi", "refined_active_units"} & set(evaluate(vae, test, num_samples=0))

@@ -142,7 +142,8 @@ def test_saved_model_cli_shows_every_signature_with_its_dtypes(text_export):
   expected = {
       "score": {"nll_bound": "DT_FLOAT", "refined_nll_bound": "DT_FLOAT", "kl": "DT_FLOAT",
                 "iw_nll": "DT_FLOAT", "num_tokens": "DT_INT32", "mean": "DT_FLOAT",
-                "logvar": "DT_FLOAT", "z": "DT_FLOAT"},
+                "logvar": "DT_FLOAT", "z": "DT_FLOAT", "mean0": "DT_FLOAT",
+                "logvar0": "DT_FLOAT", "z0": "DT_FLOAT"},
       "encode": {"mean": "DT_FLOAT", "logvar": "DT_FLOAT"},
       "refine": {"mean": "DT_FLOAT", "logvar": "DT_FLOAT"},
       "generate": {"sentences": "DT_STRING", "tokens": "DT_INT32"},
@@ -218,6 +219,8 @@ def test_steps_zero_leaves_the_posterior_where_the_encoder_put_it(text_signature
   np.testing.assert_array_equal(refined["mean"], encoded["mean"])
   np.testing.assert_array_equal(refined["logvar"], encoded["logvar"])
   score = loaded["score"](sentences=s, steps=tf.constant(0), num_samples=tf.constant(1))
+  np.testing.assert_array_equal(score["mean0"], encoded["mean"])  # the encoder's posterior
+  np.testing.assert_array_equal(score["logvar0"], encoded["logvar"])
   kl = -0.5 * np.sum(1 + encoded["logvar"] - encoded["mean"]**2 - np.exp(encoded["logvar"]), -1)
   np.testing.assert_allclose(score["kl"], kl, rtol=1e-4, atol=1e-6)
 

@@ -102,9 +102,10 @@ def test_signatures_and_their_outputs(loaded):
   assert set(signatures.keys()) == SIGNATURES
   images = tf.constant(binary_images(4))
   scores = signatures["score"](images=images, steps=tf.constant(5), num_samples=tf.constant(20))
-  assert set(scores) == {"nll_bound", "refined_nll_bound", "kl", "iw_nll", "mean", "logvar", "z"}
+  assert set(scores) == {"nll_bound", "refined_nll_bound", "kl", "iw_nll", "mean", "logvar", "z",
+                         "mean0", "logvar0", "z0"}
   assert all(scores[k].shape == (4,) for k in ("nll_bound", "refined_nll_bound", "kl", "iw_nll"))
-  assert all(scores[k].shape == (4, 2) for k in ("mean", "logvar", "z"))
+  assert all(scores[k].shape == (4, 2) for k in ("mean", "logvar", "z", "mean0", "logvar0", "z0"))
   # The importance-weighted NLL is below 36 log 2 plus the noise of an untrained model's bound.
   assert np.all(scores["iw_nll"].numpy() > 0)
   sampled = signatures["sample"](num=tf.constant(2), seed=tf.constant(3))
