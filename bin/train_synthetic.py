@@ -22,6 +22,7 @@ import keras
 
 from savae_tf import export
 from savae_tf import flags as savae_flags
+from savae_tf import methods
 from savae_tf import runs
 from savae_tf import training
 from savae_tf.data import synthetic
@@ -35,7 +36,9 @@ savae_flags.define_svi_flags(per_example_lr=0.003)
 savae_flags.define_seed_flag()
 savae_flags.define_training_flags(epochs=5, optimizer="adam", learning_rate=1e-3, warmup=0)
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
-flags.DEFINE_enum("model", "all", MODES + ("all",),
+# The methods that train by plain `fit` (the synthetic data has no training-loop corpus).
+FIT_MODES = tuple(m for m in MODES if not methods.METHODS[m].needs_training_loop)
+flags.DEFINE_enum("model", "all", FIT_MODES + ("all",),
                   "Training variant, or 'all' for Table 1's VAE, SVI and SA-VAE.")
 flags.DEFINE_enum("generator", "both", ["oracle", "learned", "both"],
                   "'oracle': the decoder is the fixed true generator; 'learned': a generator of "

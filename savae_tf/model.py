@@ -357,7 +357,7 @@ class SemiAmortizedVAE(keras.Model):
     loss = out["loss"]
     tf.debugging.Assert(tf.math.is_finite(loss),
                         ["Training loss is not finite (NaN or Inf) at step", step, ":", loss])
-    variables = self.trainable_variables
+    variables = self.method.trained_variables(self)
     grads = tape.gradient(objective, variables)
     replica = tf.distribute.get_replica_context()
     clip = getattr(self.optimizer, "inner_optimizer", self.optimizer).global_clipnorm

@@ -57,10 +57,14 @@ def selection_metric(model) -> str:
 
 def fit(model, dataset, epochs: int, validation=None, verbose=2):
   """`model.fit`, turning the model's non-finite-loss assertion into a NonFiniteLossError.
+  Methods whose updates span batches (`needs_training_loop`) train through `train` instead.
 
   With `validation`, evaluates it after every epoch and ends with the weights of the epoch whose
   `selection_metric` was lowest (the paper keeps the best validation model).
   """
+  if model.method.needs_training_loop:
+    raise ValueError(f"Method {model.mode!r} needs the training loop's hooks: train it with "
+                     "savae_tf.training.train.")
   callbacks = []
   if validation is not None:
     callbacks.append(keras.callbacks.EarlyStopping(
@@ -111,7 +115,9 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
            "best": tf.Variable(float("inf"), dtype=tf.float64),
            "decaying": tf.Variable(False)}
   model.optimizer.build(model.trainable_variables)
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, **state)
+  method = model.method
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, **state,
+                                   **method.training_state(model))
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
                                        max_to_keep=max_to_keep)
   history_path = os.path.join(model_dir, "metrics.json")
@@ -135,6 +141,7 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
         manager.save(checkpoint_number=model.optimizer.iterations)
 
   tensorboard = keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))
+  method_callbacks = method.callbacks(model, corpus)
   monitor = selection_metric(model)
   while int(state["epoch"]) < epochs:
     epoch, start = int(state["epoch"]), int(state["position"])
@@ -142,7 +149,8 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
       try:
         fit_history = model.fit(corpus.dataset(epoch, start), initial_epoch=epoch,
                                 epochs=epoch + 1, verbose=verbose, shuffle=False,
-                                callbacks=[SaveEverySteps(start), tensorboard])
+                                callbacks=[*method_callbacks, SaveEverySteps(start),
+                                           tensorboard])
       except tf.errors.InvalidArgumentError as error:
         error = _non_finite(error)
         if isinstance(error, NonFiniteLossError):
@@ -154,7 +162,7 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
       entry = {}
     entry.update(epoch=epoch + 1, learning_rate=float(model.optimizer.learning_rate.numpy()),
                  step=int(model.optimizer.iterations))
-    improved = True
+    improved, results = True, {}
     if validation is not None:
       results = evaluate.evaluate(model, validation, num_samples=0)
       results.pop("svi_steps")
@@ -167,6 +175,7 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
       with tf.summary.create_file_writer(os.path.join(model_dir, "logs", "validation")).as_default():
         for name, value in results.items():
           tf.summary.scalar(f"epoch_{name}", value, step=epoch)
+    method.after_epoch(model, results)
     stop = False
     if decay.start_epoch is not None:
       if not improved and epoch + 1 >= decay.start_epoch:

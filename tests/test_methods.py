@@ -14,7 +14,8 @@ from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
 
 def test_every_registered_method_is_a_method_under_its_own_name():
-  assert set(methods.METHODS) == {"autoreg", "vae", "svi", "vae_svi", "vae_svi_kl", "savae"}
+  assert set(methods.METHODS) == {"autoreg", "vae", "svi", "vae_svi", "vae_svi_kl", "savae",
+                                  "aggressive"}
   assert MODES == tuple(methods.METHODS)
   for name, method in methods.METHODS.items():
     assert issubclass(method, methods.Method) and method.name == name

@@ -255,6 +255,16 @@ class ImageBatches:
       images = binarize(images, [self.seed, epoch, index])
     return {"images": images[..., None]}
 
+  def draw(self, key: int) -> Dict[str, np.ndarray]:
+    """A training batch of images chosen at random, and binarized, by the integer `key` alone
+    (the same key, the same batch): for methods that need batches beyond the epoch's order."""
+    seed = [self.seed or 0, key, 1]
+    rows = np.random.default_rng(seed).choice(len(self.images),
+                                              min(self.batch_size, len(self.images)),
+                                              replace=False)
+    images = self.images[rows] if self.seed is None else binarize(self.images[rows], seed)
+    return {"images": images[..., None]}
+
   def dataset(self, epoch: int = 0, start: int = 0) -> tf.data.Dataset:
     """Epoch `epoch`'s batches from position `start` on, as a prefetched tf.data pipeline."""
     height, width = self.images.shape[1:]

@@ -240,6 +240,11 @@ class BatchedCorpus:
       return np.arange(len(self.batches))
     return np.random.default_rng([self.seed, epoch]).permutation(len(self.batches))
 
+  def draw(self, key: int) -> Dict[str, np.ndarray]:
+    """A training batch chosen at random by the integer `key` alone (the same key, the same
+    batch): for methods that need batches beyond the epoch's order."""
+    return self.batches[np.random.default_rng([self.seed or 0, key, 1]).integers(len(self))]
+
   def dataset(self, epoch: int = 0, start: int = 0) -> tf.data.Dataset:
     """Epoch `epoch`'s batches from position `start` on, as a prefetched tf.data pipeline."""
     order = self.order(epoch)[start:]

@@ -5,6 +5,7 @@ Adding a method: a `Method` subclass in its own file, a test, and one entry belo
 
 from typing import Dict, Type
 
+from savae_tf.methods.aggressive import Aggressive
 from savae_tf.methods.base import Batch, Method
 from savae_tf.methods.language_model import LanguageModel
 from savae_tf.methods.prior_svi import PriorSVI
@@ -14,7 +15,8 @@ from savae_tf.methods.vae_svi import VAESVI
 from savae_tf.methods.vae_svi_kl import VAESVIKL
 
 METHODS: Dict[str, Type[Method]] = {
-    method.name: method for method in (LanguageModel, VAE, PriorSVI, VAESVI, VAESVIKL, SAVAE)}
+    method.name: method for method in (LanguageModel, VAE, PriorSVI, VAESVI, VAESVIKL, SAVAE,
+                                       Aggressive)}
 
 
 def get(name: str) -> Method:

@@ -10,8 +10,9 @@ What composes with every method lives outside it: the KL weight schedule (`savae
 free bits (`SemiAmortizedVAE.posterior_terms`) and the refiner's settings (`SVIConfig`).
 """
 
-from typing import ClassVar, Dict, NamedTuple, Optional
+from typing import Any, ClassVar, Dict, List, NamedTuple, Optional
 
+import keras
 import tensorflow as tf
 
 from savae_tf import svi
@@ -48,6 +49,9 @@ class Method:
   uses_encoder: ClassVar[bool] = True  # False: lambda_0 is the prior's (0, 0)
   refines: ClassVar[bool] = False  # trains on lambda_K, and evaluates refined by default
   differentiates_refinement: ClassVar[bool] = False  # gradients flow through the K steps
+  # Its updates span batches or epochs (the hooks below): it trains only through
+  # `savae_tf.training.train`, not a bare `fit`.
+  needs_training_loop: ClassVar[bool] = False
 
   def forward(self, model, batch: Batch, refine: bool) -> Dict[str, tf.Tensor]:
     out = {}
@@ -79,3 +83,25 @@ class Method:
     """A separate objective of the encoder (None: the encoder learns from `loss` alone)."""
     del batch, amortized, mean_k, logvar_k
     return None
+
+  # --- Hooks of the training loop (`savae_tf.training.train`), for methods whose updates span
+  # more than one batch. The defaults do nothing.
+
+  def trained_variables(self, model) -> List[tf.Variable]:
+    """The variables the optimizer's step updates, read when the step is traced."""
+    return model.trainable_variables
+
+  def training_state(self, model) -> Dict[str, Any]:
+    """Trackables the method keeps across batches, checkpointed with the run (so a resumed run
+    continues exactly)."""
+    del model
+    return {}
+
+  def callbacks(self, model, corpus) -> List[keras.callbacks.Callback]:
+    """Keras callbacks to run during `fit` (`corpus`: the training batches, with `draw`)."""
+    del model, corpus
+    return []
+
+  def after_epoch(self, model, validation: Dict[str, float]) -> None:
+    """Called after each epoch's validation with its metrics (empty without validation)."""
+    del model, validation

@@ -1,0 +1,105 @@
+"""Aggressive inference-network training (He et al. 2019, "Lagging inference networks").
+
+While the aggressive phase lasts, before each model update the encoder alone is trained on fresh
+batches until its objective stops improving, so that it keeps up with the decoder; then the
+decoder alone takes the step on the batch. The phase ends for good at the first epoch whose
+validation mutual information (of the encoder's posterior) does not rise; from then on it is a
+VAE.
+
+The inner loop (their convergence check): at most `max_inner_steps` encoder updates; every
+`check_every` of them, the mean loss per predicted unit (token or pixel) over those updates is
+compared with the previous window's, and the loop stops when it did not decrease. Deviation from
+their code, which starts the inner loop on the batch the decoder then takes: every inner batch
+here is a fresh random one (`corpus.draw`), because Keras hands the batch to the step only.
+Every draw and noise is keyed by (seed, the optimizer's step, the inner step), and the phase flag,
+the previous MI and the encoder's optimizer are checkpointed, so a killed run resumes exactly.
+"""
+
+import keras
+import tensorflow as tf
+
+from savae_tf.methods.vae import VAE
+
+
+class Aggressive(VAE):
+  """The VAE objective, trained with an aggressive encoder phase."""
+  name = "aggressive"
+  needs_training_loop = True
+  max_inner_steps = 100
+  check_every = 15
+
+  def __init__(self):
+    self.active = None  # built with the run's state (`training_state`)
+
+  def trained_variables(self, model):
+    with tf.init_scope():  # the flag's value when the step is traced (retraced when it flips)
+      active = self.active is not None and bool(self.active.numpy())
+    if active:
+      return model.decoder.trainable_variables
+    return model.trainable_variables
+
+  def training_state(self, model):
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+      raise ValueError("The aggressive method's inner loop runs on one device; train it without "
+                       "a multi-device --strategy.")
+    self.active = tf.Variable(True, trainable=False)
+    self.previous_mi = tf.Variable(float("-inf"), trainable=False, dtype=tf.float64)
+    # The encoder's own optimizer, with the model optimizer's settings (learning rate followed).
+    self.encoder_optimizer = model.optimizer.__class__.from_config(model.optimizer.get_config())
+    self.encoder_optimizer.build(model.encoder.trainable_variables)
+    return {"aggressive_active": self.active, "aggressive_previous_mi": self.previous_mi,
+            "aggressive_encoder_optimizer": self.encoder_optimizer}
+
+  def callbacks(self, model, corpus):
+    return [_InnerLoop(self, model, corpus)]
+
+  def after_epoch(self, model, validation):
+    if not bool(self.active.numpy()) or "mi" not in validation:
+      return
+    if validation["mi"] <= float(self.previous_mi.numpy()):
+      self.active.assign(False)
+      model.train_function = None  # retrace the step: it now trains everything
+      print(f"aggressive: validation mi {validation['mi']:.3f} did not rise; the aggressive "
+            "phase ends.", flush=True)
+    self.previous_mi.assign(validation["mi"])
+
+  def encoder_step(self, model, data, seed):
+    """One encoder-only update on `data`; returns (sum of per-example losses, units)."""
+    step = model.optimizer.iterations
+    with tf.GradientTape() as tape:
+      out = model.forward(data, seed, True, model.kl_schedule(step), 0, None, refine=False)
+      loss = out["loss"]
+    variables = model.encoder.trainable_variables
+    self.encoder_optimizer.apply(tape.gradient(loss, variables), variables)
+    units = tf.cast(tf.reduce_sum(out["tokens"]), tf.float32)
+    return loss * tf.cast(tf.shape(out["tokens"])[0], tf.float32), units
+
+
+class _InnerLoop(keras.callbacks.Callback):
+  """Runs the encoder's inner loop before each training batch while the phase lasts."""
+
+  def __init__(self, method: Aggressive, model, corpus):
+    super().__init__()
+    self.method, self.vae, self.corpus = method, model, corpus
+    # One trace for every batch shape, so a resumed run computes with the very same graph.
+    self.step = tf.function(lambda data, seed: method.encoder_step(model, data, seed),
+                            input_signature=[corpus.dataset().element_spec,
+                                             tf.TensorSpec([2], tf.int32)])
+
+  def on_train_batch_begin(self, batch, logs=None):
+    method, model = self.method, self.vae
+    if not bool(method.active.numpy()):
+      return
+    method.encoder_optimizer.learning_rate.assign(model.optimizer.learning_rate)
+    iteration = int(model.optimizer.iterations.numpy())
+    previous, total, units = float("inf"), 0.0, 0.0
+    for inner in range(1, method.max_inner_steps):
+      key = iteration * method.max_inner_steps + inner
+      seed = tf.constant([model.seed, key % 2**31], tf.int32)
+      loss, count = self.step(self.corpus.draw(key), seed)
+      total, units = total + float(loss), units + float(count)
+      if inner % method.check_every == 0:
+        current = total / units
+        if previous - current < 0:
+          break
+        previous, total, units = current, 0.0, 0.0
