@@ -84,6 +84,12 @@ def define_training_flags(epochs: int, optimizer: str, learning_rate: float, war
   flags.DEFINE_integer("kl_cycles", 4, "Cycles of --kl_schedule=cyclical.", lower_bound=1)
   flags.DEFINE_float("kl_cycle_rise", 0.5, "Fraction of each cycle over which beta rises.",
                      lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer("pretrain_epochs", 0, "Autoencoder pretraining (Li et al. 2019): beta = 0 "
+                       "for this many epochs, then a fresh decoder with the pretrained encoder, "
+                       "and the KL schedule from there. 0: off.", lower_bound=0)
+  flags.register_multi_flags_validator(
+      ["pretrain_epochs", "epochs"], lambda f: f["pretrain_epochs"] < f["epochs"],
+      message="--pretrain_epochs must be fewer than --epochs.")
   flags.DEFINE_float("free_bits", 0.0, "Free bits lambda in nats per latent dimension (Kingma "
                      "et al. 2016; Li et al. 2019): the training KL is sum_d max(lambda, KL_d) "
                      "over batch means; reported bounds stay true. 0: off.", lower_bound=0.0)
@@ -163,10 +169,12 @@ def decoder_use_cudnn(mode: str):
 
 
 def kl_schedule(steps_per_epoch: int):
-  """The KL weight schedule of the flags, for a run of --epochs epochs of `steps_per_epoch`."""
+  """The KL weight schedule of the flags, for the --epochs epochs of `steps_per_epoch` batches
+  after any --pretrain_epochs."""
   f = flags.FLAGS
   if f.kl_schedule == "cyclical":
-    return schedules.Cyclical(f.epochs * steps_per_epoch, f.kl_cycles, f.kl_cycle_rise)
+    return schedules.Cyclical((f.epochs - f.pretrain_epochs) * steps_per_epoch, f.kl_cycles,
+                              f.kl_cycle_rise)
   if f.kl_schedule == "linear" and f.warmup:
     return schedules.Linear(f.warmup * steps_per_epoch)
   return schedules.Constant(f.beta if f.kl_schedule == "constant" else 1.0)
@@ -184,6 +192,7 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int,
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=latent_dim,
                            svi_config=svi_config, test_svi_steps=f.test_svi_steps,
                            kl_schedule=kl_schedule(steps_per_epoch), free_bits=f.free_bits,
+                           pretrain_steps=f.pretrain_epochs * steps_per_epoch,
                            seed=f.seed)
   optimizer = training.make_optimizer(f.optimizer, f.learning_rate, f.max_grad_norm)
   if keras.mixed_precision.dtype_policy().name == "mixed_float16":

@@ -170,7 +170,7 @@ class SemiAmortizedVAE(keras.Model):
   def __init__(self, decoder, encoder=None, mode: str = "savae", latent_dim: int = 32,
                svi_config: SVIConfig = SVIConfig(), test_svi_steps: Optional[int] = None,
                kl_schedule=schedules.Constant(), free_bits: float = 0.0,
-               eval_num_samples: int = 0, active_unit_threshold: float = 0.01, seed: int = 3435,
+               pretrain_steps: int = 0, eval_num_samples: int = 0, active_unit_threshold: float = 0.01, seed: int = 3435,
                **kwargs):
     """
     Args:
@@ -184,6 +184,10 @@ class SemiAmortizedVAE(keras.Model):
         the training objective's KL is sum_d max(lambda, KL_d), KL_d the batch mean of latent
         dimension d's KL, so dimensions under lambda get no KL gradient. The training objective
         only: the refiner's steps and every reported bound use the true KL. 0: off.
+      pretrain_steps: autoencoder pretraining (Li et al. 2019): beta = 0 for the first
+        `pretrain_steps` batches, then `kl_schedule` counted from there; the training loop
+        (`savae_tf.training.train`) gives the decoder fresh weights when they end
+        (`reinitialize_decoder`) and keeps the encoder.
       test_svi_steps: K at evaluation (default: the training K).
       eval_num_samples: importance samples for `iw_nll` in `evaluate` (0: skip it).
 
@@ -197,6 +201,9 @@ class SemiAmortizedVAE(keras.Model):
       raise ValueError(f"mode {mode!r} needs an encoder.")
     if free_bits < 0:
       raise ValueError(f"free_bits must be >= 0 nats; got {free_bits}.")
+    if pretrain_steps < 0 or (pretrain_steps and not self.method.uses_encoder):
+      raise ValueError(f"pretrain_steps must be >= 0, and only a method with an encoder "
+                       f"pretrains one; got {pretrain_steps} with {mode!r}.")
     if (self.method.differentiates_refinement and svi_config.gradient in svi.EXACT_MODES
         and not getattr(decoder, "has_second_order_gradient", True)):
       raise ValueError(
@@ -211,6 +218,7 @@ class SemiAmortizedVAE(keras.Model):
     self.test_svi_steps = svi_config.steps if test_svi_steps is None else test_svi_steps
     self.kl_schedule = kl_schedule
     self.free_bits = free_bits
+    self.pretrain_steps = pretrain_steps
     self.eval_num_samples = eval_num_samples
     self.seed = seed
     self.active_unit_threshold = active_unit_threshold
@@ -232,6 +240,7 @@ class SemiAmortizedVAE(keras.Model):
             "svi_config": dataclasses.asdict(self.svi_config),
             "test_svi_steps": self.test_svi_steps,
             "kl_schedule": schedules.to_config(self.kl_schedule), "free_bits": self.free_bits,
+            "pretrain_steps": self.pretrain_steps,
             "eval_num_samples": self.eval_num_samples,
             "active_unit_threshold": self.active_unit_threshold, "seed": self.seed}
 
@@ -256,6 +265,24 @@ class SemiAmortizedVAE(keras.Model):
             + list(self.totals.values()))
 
   # --- The objective. ---
+
+  def kl_weight(self, step):
+    """beta at the 0-based training batch `step`: 0 while the autoencoder pretrains, then the
+    schedule's, counted from the end of pretraining."""
+    if not self.pretrain_steps:
+      return self.kl_schedule(step)
+    after = tf.cast(step, tf.int64) - self.pretrain_steps
+    return tf.where(after < 0, 0.0, self.kl_schedule(tf.maximum(after, 0)))
+
+  def reinitialize_decoder(self, data, seed: int):
+    """Fresh initial weights for the decoder (drawn from `seed`), as a newly built one of the same
+    configuration gets; the encoder keeps its own. `data`: any batch, to build the new one."""
+    keras.utils.set_random_seed(seed)
+    fresh = self.decoder.__class__.from_config(self.decoder.get_config())
+    obs = self.observe(data)
+    z = tf.zeros([tf.shape(obs.targets)[0], self.latent_dim]) if self.latent_dim else None
+    fresh.logits(fresh.prepare(obs.decoder_inputs), z)
+    self.decoder.set_weights(fresh.get_weights())
 
   def observe(self, data) -> Observation:
     return observe(data, self.decoder.data_kind)
@@ -345,7 +372,7 @@ class SemiAmortizedVAE(keras.Model):
     if replica is not None and replica.num_replicas_in_sync > 1:  # independent noise per replica
       seed = tf.random.experimental.stateless_fold_in(seed, replica.replica_id_in_sync_group)
     with tf.GradientTape() as tape:
-      out = self.forward(data, seed, True, self.kl_schedule(step), self.svi_config.steps, None)
+      out = self.forward(data, seed, True, self.kl_weight(step), self.svi_config.steps, None)
       # VAE+SVI(+KL): encoder_loss does not depend on the decoder and decoder_loss not on the
       # encoder (lambda_K is refined from a detached lambda_0), so one tape over their sum
       # routes each to its own network. (A persistent tape here held every refinement step's

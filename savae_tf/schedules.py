@@ -66,7 +66,7 @@ class Cyclical:
   def __call__(self, step) -> tf.Tensor:
     period = self.total_steps / self.cycles
     tau = tf.math.floormod(tf.cast(step, tf.float64), period) / period
-    return tf.cast(tf.minimum(1.0, tau / self.rise), tf.float32)
+    return tf.cast(tf.minimum(tau / self.rise, 1.0), tf.float32)
 
 
 SCHEDULES = {schedule.name: schedule for schedule in (Constant, Linear, Cyclical)}

@@ -101,7 +101,8 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
   """Trains on a `data.text.BatchedCorpus` for `epochs` epochs, resumable at any moment.
 
   Checkpoints (model, optimizer with its learning rate, epoch, position in the epoch's batch
-  order, best validation value, decay flag) go to <model_dir>/checkpoints after every epoch and
+  order, best validation value, decay flag, and what the method and pretraining keep) go to
+  <model_dir>/checkpoints after every epoch and
   every `checkpoint_every` training steps (0: epochs only). If a checkpoint exists, training
   resumes from it: the epoch's batch order is a function of (seed, epoch) and every random draw
   of a step a function of the optimizer's step count, so a killed and resumed run takes the same
@@ -114,6 +115,8 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
   state = {"epoch": tf.Variable(0, dtype=tf.int64), "position": tf.Variable(0, dtype=tf.int64),
            "best": tf.Variable(float("inf"), dtype=tf.float64),
            "decaying": tf.Variable(False)}
+  if model.pretrain_steps:  # whether the decoder was re-initialised after pretraining
+    state["pretrained"] = tf.Variable(False)
   model.optimizer.build(model.trainable_variables)
   method = model.method
   checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, **state,
@@ -176,6 +179,15 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
         for name, value in results.items():
           tf.summary.scalar(f"epoch_{name}", value, step=epoch)
     method.after_epoch(model, results)
+    if (model.pretrain_steps and not bool(state["pretrained"])
+        and int(model.optimizer.iterations) >= model.pretrain_steps):
+      # Li et al. (2019): the pretrained encoder with a fresh decoder; epochs are selected
+      # among those after pretraining.
+      model.reinitialize_decoder(corpus.draw(0), model.seed + 1)
+      state["pretrained"].assign(True)
+      state["best"].assign(float("inf"))
+      print(f"Autoencoder pretraining done after epoch {epoch + 1}: the decoder starts afresh.",
+            flush=True)
     stop = False
     if decay.start_epoch is not None:
       if not improved and epoch + 1 >= decay.start_epoch:

@@ -54,6 +54,11 @@ def test_the_kl_schedule_and_free_bits_reach_the_model(parse):
   assert cyclical.kl_schedule == schedules.Cyclical(80, 2, 0.25) and cyclical.free_bits == 0.5
   with pytest.raises(flags.IllegalFlagValueError):
     parse("--kl_schedule=sigmoid")
+  pretrained = parse("--epochs=5", "--pretrain_epochs=2", "--kl_schedule=cyclical", model=True)
+  assert pretrained.pretrain_steps == 20  # 10 steps an epoch
+  assert pretrained.kl_schedule == schedules.Cyclical(30, 4, 0.5)  # after the pretraining
+  with pytest.raises(flags.IllegalFlagValueError, match="fewer than --epochs"):
+    parse("--epochs=2", "--pretrain_epochs=2")
 
 
 def test_the_reverse_sweeps_memory_budget_reaches_the_refiner(parse):

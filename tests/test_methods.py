@@ -73,3 +73,17 @@ def test_free_bits_changes_the_training_loss_only(mode):
   np.testing.assert_array_equal(scores[0]["refined_nll_bound"], scores[1]["refined_nll_bound"])
   with pytest.raises(ValueError, match="free_bits must be >= 0"):
     model(-1.0)
+
+
+def test_savae_composes_with_free_bits_a_cyclical_schedule_and_pretraining():
+  from savae_tf import schedules
+  keras.utils.set_random_seed(0)
+  model = SemiAmortizedVAE(LSTMDecoder(10, 4, 4, 3), LSTMEncoder(10, 4, 4, 3), mode="savae",
+                           latent_dim=3, svi_config=SVIConfig(steps=2, lr=0.1), free_bits=0.2,
+                           kl_schedule=schedules.Cyclical(8, 2, 0.5), pretrain_steps=2)
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  step = tf.function(model.train_step)
+  losses = [float(step(text_batch())["loss"]) for _ in range(6)]
+  assert np.all(np.isfinite(losses))
+  np.testing.assert_allclose([float(model.kl_weight(t)) for t in range(2, 8)],
+                             [0.0, 0.5, 1.0, 1.0, 0.0, 0.5], atol=1e-6)

@@ -67,7 +67,7 @@ class Aggressive(VAE):
     """One encoder-only update on `data`; returns (sum of per-example losses, units)."""
     step = model.optimizer.iterations
     with tf.GradientTape() as tape:
-      out = model.forward(data, seed, True, model.kl_schedule(step), 0, None, refine=False)
+      out = model.forward(data, seed, True, model.kl_weight(step), 0, None, refine=False)
       loss = out["loss"]
     variables = model.encoder.trainable_variables
     self.encoder_optimizer.apply(tape.gradient(loss, variables), variables)
