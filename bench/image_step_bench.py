@@ -16,7 +16,7 @@ fixed binary batch; the median of `--repeats` calls after a warm-up.
 
 # bench/timing.py, imported first: it configures TensorFlow.
 from timing import (VARIANTS, describe_machine, exact_savae_floor, measure, refiner_gradient,
-                    step_configs)
+                    step_configs, timed_step)
 
 from absl import app
 from absl import flags
@@ -82,7 +82,7 @@ def make_step(mode, steps=0, gradient="none"):
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=FLAGS.latent_dim,
                            svi_config=SVIConfig(steps=steps, **refiner_gradient(gradient)))
   model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0))
-  return tf.function(model.train_step)
+  return model
 
 
 def main(_):
@@ -103,8 +103,7 @@ def main(_):
   print("|---|---|---|---|---|---|---|")
   vae_time = None
   for mode, k, gradient in configs:
-    step = make_step(mode, k, gradient)
-    seconds, peak = measure(lambda: step(batch), FLAGS.repeats)
+    seconds, peak = measure(timed_step(make_step(mode, k, gradient), batch), FLAGS.repeats)
     if mode == "vae":
       vae_time = seconds
     ratio = f"{seconds / vae_time:.1f}" if vae_time else "-"

@@ -127,6 +127,40 @@ def step_configs(steps, gradients, variants):
   return configs
 
 
+class _FixedBatches:
+  """The corpus a benchmark gives methods that draw extra batches: every draw is its batch."""
+
+  def __init__(self, batch):
+    self.batch = batch
+
+  def draw(self, key):
+    del key
+    return self.batch
+
+  def dataset(self):
+    return tf.data.Dataset.from_tensors(self.batch)
+
+
+def timed_step(model, batch):
+  """A callable running one training step of the compiled `model` on `batch` as the training
+  loop does: for a method whose updates span batches (`needs_training_loop`), its callbacks'
+  work before the step too (the aggressive method's encoder loop, in its phase; on one fixed
+  batch its loss keeps falling, so the loop tends to run to its cap: the phase's worst case)."""
+  step = tf.function(model.train_step)
+  if not model.method.needs_training_loop:
+    return lambda: step(batch)
+  model.optimizer.build(model.trainable_variables)
+  model.method.training_state(model)
+  callbacks = model.method.callbacks(model, _FixedBatches(batch))
+
+  def run():
+    for callback in callbacks:
+      callback.on_train_batch_begin(0)
+    return step(batch)
+
+  return run
+
+
 def refiner_gradient(spec: str):
   """A benchmark's gradient flag value, MODE or MODE:N, as SVIConfig keywords (N: keep_steps)."""
   gradient, _, keep_steps = spec.partition(":")
