@@ -87,3 +87,48 @@ def test_savae_composes_with_free_bits_a_cyclical_schedule_and_pretraining():
   assert np.all(np.isfinite(losses))
   np.testing.assert_allclose([float(model.kl_weight(t)) for t in range(2, 8)],
                              [0.0, 0.5, 1.0, 1.0, 0.0, 0.5], atol=1e-6)
+
+
+FREE_BITS_ON_TWO_REPLICAS = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from savae_tf import objectives
+rng = np.random.default_rng(0)
+# Dimension 1 is far from the prior in the first half of the batch only: its batch-mean KL is
+# above the threshold, the second replica's own mean would be under it.
+mean = rng.normal(size=(8, 2)) * 0.05
+mean[:4, 1] += 2.0
+mean, logvar = tf.constant(mean), tf.constant(rng.normal(size=(8, 2)) * 0.05)
+threshold = 0.3
+
+def value_and_gradients(m, l):
+  with tf.GradientTape() as tape:
+    tape.watch([m, l])
+    value = objectives.free_bits_kl(m, l, threshold)
+  return value, tape.gradient(value, [m, l])
+
+single_value, single_grads = value_and_gradients(mean, logvar)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+halves = strategy.experimental_distribute_values_from_function(
+    lambda context: (mean[4 * context.replica_id_in_sync_group:][:4],
+                     logvar[4 * context.replica_id_in_sync_group:][:4]))
+values, grads = strategy.run(lambda inputs: value_and_gradients(*inputs), args=(halves,))
+local = lambda x: strategy.experimental_local_results(x)
+print(json.dumps({
+    "single": float(single_value), "replicas": [float(v) for v in local(values)],
+    "grad_error": max(float(np.abs(np.concatenate(local(g)) - s).max())
+                      for g, s in zip(grads, single_grads))}))
+"""
+
+
+def test_free_bits_over_two_replicas_is_the_whole_batchs():
+  import json, os, subprocess, sys
+  result = subprocess.run([sys.executable, "-c", FREE_BITS_ON_TWO_REPLICAS], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert sum(report["replicas"]) == pytest.approx(report["single"], rel=1e-12)
+  assert report["grad_error"] < 1e-12

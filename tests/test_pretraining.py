@@ -60,3 +60,18 @@ def test_pretraining_trains_an_autoencoder_then_restarts_the_decoder_only(tmp_pa
 def test_only_a_method_with_an_encoder_pretrains():
   with pytest.raises(ValueError, match="only a method with an encoder"):
     model(9, mode="svi", pretrain_steps=5)
+
+
+def test_a_run_resumed_after_the_restart_ends_as_an_uninterrupted_one(tmp_path):
+  batches, vocab_size = corpus()
+
+  def run(directory, epochs):
+    pretrained = model(vocab_size, pretrain_steps=len(batches))
+    training.train(pretrained, batches, epochs, str(tmp_path / directory), verbose=0)
+    return pretrained
+
+  whole = run("whole", 2)
+  run("split", 1)  # ends with the restart, checkpointed
+  resumed = run("split", 2)  # must not restart the decoder again
+  for a, b in zip(whole.trainable_variables, resumed.trainable_variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
