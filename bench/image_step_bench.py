@@ -16,7 +16,7 @@ fixed binary batch; the median of `--repeats` calls after a warm-up.
 
 # bench/timing.py, imported first: it configures TensorFlow.
 from timing import (VARIANTS, describe_machine, exact_savae_floor, measure, refiner_gradient,
-                    step_configs, timed_step)
+                    step_configs, timed_step, latent_size)
 
 from absl import app
 from absl import flags
@@ -24,7 +24,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from savae_tf import methods
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.image import PAPER_KERNEL_SIZES, GatedPixelCNN, ResNetEncoder
 
@@ -69,15 +68,11 @@ def encoder_forward_flops():
   return 2 * FLAGS.batch * total
 
 
-def latent_size(mode):
-  return FLAGS.latent_dim if methods.METHODS[mode].uses_latent else 0
-
-
 def make_step(mode, steps=0, gradient="none"):
   keras.utils.set_random_seed(0)
   shape = (FLAGS.size, FLAGS.size)
   encoder = ResNetEncoder(FLAGS.latent_dim, FLAGS.enc_channels, FLAGS.enc_stages, shape)
-  decoder = GatedPixelCNN(latent_size(mode), FLAGS.dec_channels,
+  decoder = GatedPixelCNN(latent_size(mode, FLAGS.latent_dim), FLAGS.dec_channels,
                           [int(k) for k in FLAGS.kernel_sizes], image_shape=shape)
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=FLAGS.latent_dim,
                            svi_config=SVIConfig(steps=steps, **refiner_gradient(gradient)))

@@ -21,7 +21,7 @@ step (the exact modes at the paper's size do) measures below it (BENCHMARKS.md).
 
 # bench/timing.py, imported first: it configures TensorFlow.
 from timing import (VARIANTS, describe_machine, exact_savae_floor, measure, refiner_gradient,
-                    step_configs, timed_step)
+                    step_configs, timed_step, latent_size)
 
 from absl import app
 from absl import flags
@@ -29,7 +29,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from savae_tf import methods
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
@@ -61,15 +60,11 @@ def encoder_forward_flops():
       FLAGS.hidden_dim)
 
 
-def latent_size(mode):
-  return FLAGS.latent_dim if methods.METHODS[mode].uses_latent else 0
-
-
 def make_step(mode, steps=0, gradient="none"):
   keras.utils.set_random_seed(0)
   encoder = LSTMEncoder(FLAGS.vocab, FLAGS.word_dim, FLAGS.hidden_dim, FLAGS.latent_dim)
   decoder = LSTMDecoder(FLAGS.vocab, FLAGS.word_dim, FLAGS.hidden_dim,
-                        latent_size(mode), dropout=0.5)
+                        latent_size(mode, FLAGS.latent_dim), dropout=0.5)
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=FLAGS.latent_dim,
                            svi_config=SVIConfig(steps=steps, **refiner_gradient(gradient)))
   model.compile(optimizer=keras.optimizers.SGD(1.0, global_clipnorm=5.0))

@@ -110,6 +110,11 @@ def exact_savae_floor(steps, decoder_flops, encoder_flops):
 VARIANTS = tuple(methods.METHODS)
 
 
+def latent_size(mode, latent_dim):
+  """The decoder's latent size for a method: 0 for one without a latent (the LM)."""
+  return latent_dim if methods.METHODS[mode].uses_latent else 0
+
+
 def step_configs(steps, gradients, variants):
   """(method, K, gradient spec) of every training step a step benchmark times: the VAE step (the
   ratios' unit) always; of the other `variants`, a method that does not refine once (K = 0), one

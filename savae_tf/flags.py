@@ -6,6 +6,7 @@ before `app.run`.
 
 from typing import Any, Dict
 
+from absl import app
 from absl import flags
 import keras
 
@@ -170,7 +171,14 @@ def decoder_use_cudnn(mode: str):
 
 def kl_schedule(steps_per_epoch: int):
   """The KL weight schedule of the flags, for the --epochs epochs of `steps_per_epoch` batches
-  after any --pretrain_epochs."""
+  after any --pretrain_epochs; settings it cannot take are a usage error naming them."""
+  try:
+    return _kl_schedule(steps_per_epoch)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+
+
+def _kl_schedule(steps_per_epoch: int):
   f = flags.FLAGS
   if f.kl_schedule == "cyclical":
     return schedules.Cyclical((f.epochs - f.pretrain_epochs) * steps_per_epoch, f.kl_cycles,

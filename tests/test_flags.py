@@ -1,5 +1,6 @@
 """Tests for savae_tf.flags: the refiner's convention and step size from the shared flags."""
 
+from absl import app
 from absl import flags
 import keras
 import pytest
@@ -57,6 +58,8 @@ def test_the_kl_schedule_and_free_bits_reach_the_model(parse):
   pretrained = parse("--epochs=5", "--pretrain_epochs=2", "--kl_schedule=cyclical", model=True)
   assert pretrained.pretrain_steps == 20  # 10 steps an epoch
   assert pretrained.kl_schedule == schedules.Cyclical(30, 4, 0.5)  # after the pretraining
+  with pytest.raises(app.UsageError, match="cycles <= total_steps"):  # 1 epoch of 10 steps
+    parse("--epochs=1", "--kl_schedule=cyclical", "--kl_cycles=11")
   with pytest.raises(flags.IllegalFlagValueError, match="fewer than --epochs"):
     parse("--epochs=2", "--pretrain_epochs=2")
 
