@@ -89,16 +89,18 @@ def test_active_units_counts_dimensions_above_the_threshold():
   assert int(objectives.active_units(tf.constant([0.5, 0.001, 0.02]), threshold=0.1)) == 1
 
 
-def test_token_nll_masks_padding_and_matches_sentences_run_one_by_one():
+@pytest.mark.parametrize("for_gradient", [True, False])
+def test_token_nll_masks_padding_and_matches_sentences_run_one_by_one(for_gradient):
   rng = np.random.default_rng(0)
   lengths = tf.constant([6, 3, 4])  # tokens incl. <s> and </s>; targets = length - 1
   logits = tf.constant(rng.normal(size=(3, 5, 7)), tf.float64)
   targets = tf.constant(rng.integers(0, 7, size=(3, 5)), tf.int32)
   mask = objectives.target_mask(lengths, 5)
-  batched = objectives.token_nll(logits, targets, mask)
+  batched = objectives.token_nll(logits, targets, mask, for_gradient)
   for i, length in enumerate(lengths.numpy()):
     n = length - 1
-    alone = objectives.token_nll(logits[i:i + 1, :n], targets[i:i + 1, :n], tf.ones([1, n], bool))
+    alone = objectives.token_nll(logits[i:i + 1, :n], targets[i:i + 1, :n], tf.ones([1, n], bool),
+                                 for_gradient)
     np.testing.assert_allclose(batched[i], alone[0], rtol=1e-12)
   log_probs = tf.nn.log_softmax(logits)
   by_hand = -sum(float(log_probs[1, t, targets[1, t]]) for t in range(2))
