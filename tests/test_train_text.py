@@ -45,35 +45,62 @@ def whole_run(tmp_path_factory):
   return directory
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, whole_run):
-  shutil.copytree(whole_run / "data", tmp_path / "data")
-  args = RUN_ARGS
-  # Text's own default step (per example), recorded with the model.
-  svi_config = json.loads((whole_run / "whole" / "config.json").read_text())["svi_config"]
-  assert (svi_config["step_scale"], svi_config["lr"]) == ("per_example", 0.03)
-  # Kill -9 as soon as a mid-epoch checkpoint of the second epoch exists (20 batches an epoch).
-  process = subprocess.Popen(command(*args, "--model_dir=killed"), cwd=tmp_path, env=ENV,
+def kill_and_resume(args, directory, kill_between):
+  """Runs the binary into directory/killed, kills it (-9) as soon as it has written a checkpoint
+  of a step strictly between `kill_between`, runs it again to the end; returns the resumed run's
+  metrics.json."""
+  process = subprocess.Popen(command(*args, "--model_dir=killed"), cwd=directory, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  checkpoints = tmp_path / "killed" / "checkpoints"
+  checkpoints = directory / "killed" / "checkpoints"
+  low, high = kill_between
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None:
     steps = [int(p.name.split("-")[1].split(".")[0]) for p in checkpoints.glob("ckpt-*.index")]
-    if any(20 < s < 40 for s in steps):
+    if any(low < s < high for s in steps):
       break
     time.sleep(0.05)
   assert process.poll() is None, "the run ended before it could be killed"
   process.send_signal(signal.SIGKILL)
   process.wait()
-  resumed = run(args + ["--model_dir=killed"], tmp_path)
+  resumed = run(args + ["--model_dir=killed"], directory)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resuming from" in resumed.stdout
-  expected = json.loads((whole_run / "whole" / "metrics.json").read_text())
-  got = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-  assert [e["epoch"] for e in got["epochs"]] == [1, 2, 3]
-  for name in ("nll_bound", "refined_nll_bound", "kl", "iw_nll"):
+  return json.loads((directory / "killed" / "metrics.json").read_text())
+
+
+def assert_same_run(got, expected, names):
+  assert [e["epoch"] for e in got["epochs"]] == [e["epoch"] for e in expected["epochs"]]
+  for name in names:
     assert got["test"][name] == pytest.approx(expected["test"][name], rel=1e-5), name
   for a, b in zip(got["epochs"], expected["epochs"]):
+    assert a["val_nll_bound"] == pytest.approx(b["val_nll_bound"], rel=1e-5)
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, whole_run):
+  shutil.copytree(whole_run / "data", tmp_path / "data")
+  # Text's own default step (per example), recorded with the model.
+  svi_config = json.loads((whole_run / "whole" / "config.json").read_text())["svi_config"]
+  assert (svi_config["step_scale"], svi_config["lr"]) == ("per_example", 0.03)
+  # Killed in the second epoch (20 batches an epoch).
+  got = kill_and_resume(RUN_ARGS, tmp_path, (20, 40))
+  expected = json.loads((whole_run / "whole" / "metrics.json").read_text())
+  assert [e["epoch"] for e in got["epochs"]] == [1, 2, 3]
+  assert_same_run(got, expected, ("nll_bound", "refined_nll_bound", "kl", "iw_nll"))
+  for a, b in zip(got["epochs"], expected["epochs"]):
     assert a["val_refined_nll_bound"] == pytest.approx(b["val_refined_nll_bound"], rel=1e-5)
+
+
+def test_an_aggressive_run_killed_in_its_phase_resumes_to_the_uninterrupted_result(tmp_path):
+  # Killed in the first epoch, inside the aggressive phase (the encoder's inner loops, their
+  # optimizer and batch draws); combined with free bits and the cyclical schedule.
+  write_text_corpus(tmp_path / "data")
+  args = ["--model=aggressive", "--free_bits=0.1", "--kl_schedule=cyclical", "--kl_cycles=2",
+          "--epochs=2", "--checkpoint_every=3"]
+  whole = run(args + ["--model_dir=whole"], tmp_path)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+  got = kill_and_resume(args, tmp_path, (3, 20))
+  assert_same_run(got, expected, ("nll_bound", "kl", "mi", "iw_nll"))
 
 
 def test_a_changed_corpus_does_not_resume_into_an_old_vocabulary(tmp_path, whole_run):
