@@ -86,6 +86,7 @@ def build_model(image_shape, steps_per_epoch):
 
 def main(_):
   savae_flags.apply_preset(PRESETS)
+  strategy = savae_flags.strategy()
   savae_flags.set_precision_policy()
   keras.utils.set_random_seed(FLAGS.seed)
   try:
@@ -102,10 +103,9 @@ def main(_):
         f"images of {splits.image_shape[0]}x{splits.image_shape[1]}, {len(train)} batches per "
         "epoch", flush=True)
   try:
-    strategy = training.make_strategy(FLAGS.strategy)
     with strategy.scope():
       model = build_model(splits.image_shape, len(train))
-  except ValueError as error:  # an unknown strategy, even kernel sizes, too many stages
+  except ValueError as error:  # even kernel sizes, too many stages
     raise app.UsageError(str(error)) from None
   try:
     best = runs.train_and_test(

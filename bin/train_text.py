@@ -103,6 +103,7 @@ def build_model(vocabulary, steps_per_epoch):
 
 def main(_):
   savae_flags.apply_preset(PRESETS)
+  strategy = savae_flags.strategy()
   savae_flags.set_precision_policy()
   keras.utils.set_random_seed(FLAGS.seed)
   try:
@@ -126,10 +127,6 @@ def main(_):
                  for s in ("valid", "test"))
   print(f"data: {train.num_sentences} / {len(splits['valid'])} / {len(splits['test'])} "
         f"sentences, vocabulary {len(vocabulary)}, {len(train)} batches per epoch", flush=True)
-  try:
-    strategy = training.make_strategy(FLAGS.strategy)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from None
   with strategy.scope():
     model = build_model(vocabulary, len(train))
   decay = training.LearningRateDecay(FLAGS.decay_from_epoch or None)

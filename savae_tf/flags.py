@@ -119,6 +119,15 @@ def define_run_flags(presets):
   define_precision_flag()
 
 
+def strategy():
+  """The --strategy, made first thing in a binary's main: a multi-worker strategy must exist
+  before TensorFlow runs anything (it configures its collectives at startup)."""
+  try:
+    return training.make_strategy(flags.FLAGS.strategy)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+
+
 def define_precision_flag():
   flags.DEFINE_enum("mixed_precision", "float32", PRECISION_POLICIES,
                     "Keras dtype policy of the networks: float32, or mixed precision (float32 "

@@ -130,8 +130,8 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
     if os.path.isfile(history_path):
       with open(history_path) as f:
         history = json.load(f)["epochs"][:int(state["epoch"].numpy())]
-    print(f"Resuming from {manager.latest_checkpoint}: epoch {int(state['epoch']) + 1}, batch "
-          f"{int(state['position'])} of {len(corpus)}", flush=True)
+    print(f"Resuming from {manager.latest_checkpoint}: epoch {int(state['epoch'].numpy()) + 1}, "
+          f"batch {int(state['position'].numpy())} of {len(corpus)}", flush=True)
 
   class SaveEverySteps(keras.callbacks.Callback):
     def __init__(self, start):
@@ -140,14 +140,14 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
 
     def on_train_batch_end(self, batch, logs=None):
       state["position"].assign(self.start + batch + 1)
-      if checkpoint_every and int(model.optimizer.iterations) % checkpoint_every == 0:
+      if checkpoint_every and int(model.optimizer.iterations.numpy()) % checkpoint_every == 0:
         manager.save(checkpoint_number=model.optimizer.iterations)
 
   tensorboard = keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))
   method_callbacks = method.callbacks(model, corpus)
   monitor = selection_metric(model)
-  while int(state["epoch"]) < epochs:
-    epoch, start = int(state["epoch"]), int(state["position"])
+  while int(state["epoch"].numpy()) < epochs:
+    epoch, start = int(state["epoch"].numpy()), int(state["position"].numpy())
     if start < len(corpus):
       try:
         fit_history = model.fit(corpus.dataset(epoch, start), initial_epoch=epoch,
@@ -158,19 +158,19 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
         error = _non_finite(error)
         if isinstance(error, NonFiniteLossError):
           error = NonFiniteLossError(f"{error} (epoch {epoch + 1}, batch "
-                                     f"{int(state['position']) + 1} of {len(corpus)})")
+                                     f"{int(state['position'].numpy()) + 1} of {len(corpus)})")
         raise error from None
       entry = {name: float(values[-1]) for name, values in fit_history.history.items()}
     else:  # killed after the epoch's last step but before its end-of-epoch checkpoint
       entry = {}
     entry.update(epoch=epoch + 1, learning_rate=float(model.optimizer.learning_rate.numpy()),
-                 step=int(model.optimizer.iterations))
+                 step=int(model.optimizer.iterations.numpy()))
     improved, results = True, {}
     if validation is not None:
       results = evaluate.evaluate(model, validation, num_samples=0)
       results.pop("svi_steps")
       entry.update({f"val_{name}": float(value) for name, value in results.items()})
-      improved = entry[f"val_{monitor}"] < float(state["best"])
+      improved = entry[f"val_{monitor}"] < float(state["best"].numpy())
       if improved:
         state["best"].assign(entry[f"val_{monitor}"])
         if on_best is not None:
@@ -179,8 +179,8 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
         for name, value in results.items():
           tf.summary.scalar(f"epoch_{name}", value, step=epoch)
     method.after_epoch(model, results)
-    if (model.pretrain_steps and not bool(state["pretrained"])
-        and int(model.optimizer.iterations) >= model.pretrain_steps):
+    if (model.pretrain_steps and not bool(state["pretrained"].numpy())
+        and int(model.optimizer.iterations.numpy()) >= model.pretrain_steps):
       # Li et al. (2019): the pretrained encoder with a fresh decoder; epochs are selected
       # among those after pretraining.
       model.reinitialize_decoder(corpus.draw(0), model.seed + 1)
@@ -192,7 +192,7 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
     if decay.start_epoch is not None:
       if not improved and epoch + 1 >= decay.start_epoch:
         state["decaying"].assign(True)
-      if bool(state["decaying"]):
+      if bool(state["decaying"].numpy()):
         model.optimizer.learning_rate.assign(model.optimizer.learning_rate * decay.factor)
         stop = float(model.optimizer.learning_rate.numpy()) < decay.stop_below
     history.append(entry)

@@ -188,6 +188,7 @@ BENCH_RUNS = {
                        "--steps=2", "--total=8", "--repeats=1"],
     "generate_bench.py": ["--word_dim=4", "--hidden_dim=6", "--latent_dim=2", "--vocab=20",
                           "--batch=3", "--lengths=2,5", "--repeats=1"],
+    "nll_bench.py": ["--tokens=12", "--hidden=4", "--vocab=20", "--repeats=1"],
 }
 
 

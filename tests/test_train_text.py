@@ -31,7 +31,9 @@ def run(args, cwd):
                         timeout=600)
 
 
-RUN_ARGS = ["--epochs=3", "--checkpoint_every=3"]
+# Under a tf.distribute strategy (one device here), as a user with one GPU box runs it: the run
+# state lives in distributed variables.
+RUN_ARGS = ["--epochs=3", "--checkpoint_every=3", "--strategy=mirrored"]
 
 
 @pytest.fixture(scope="module")
