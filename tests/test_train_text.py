@@ -97,7 +97,7 @@ def test_an_aggressive_run_killed_in_its_phase_resumes_to_the_uninterrupted_resu
   # optimizer and batch draws); combined with free bits and the cyclical schedule.
   write_text_corpus(tmp_path / "data")
   args = ["--model=aggressive", "--free_bits=0.1", "--kl_schedule=cyclical", "--kl_cycles=2",
-          "--epochs=2", "--checkpoint_every=3"]
+          "--epochs=1", "--checkpoint_every=3"]
   whole = run(args + ["--model_dir=whole"], tmp_path)
   assert whole.returncode == 0, whole.stderr[-3000:]
   expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())
