@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 import keras
 
+from savae_tf import cluster
 from savae_tf import export
 from savae_tf import flags as savae_flags
 from savae_tf import pictures
@@ -61,6 +62,9 @@ flags.DEFINE_list("kernel_sizes", [str(k) for k in PAPER_KERNEL_SIZES],
                   "Kernel size of each gated PixelCNN layer (odd).")
 flags.DEFINE_integer("latent_feature_maps", 4, "Feature maps z is turned into for the decoder.",
                      lower_bound=1)
+flags.DEFINE_bool("sync_batchnorm", False, "The encoder's BatchNorm statistics over the whole "
+                  "batch across tf.distribute replicas (one all-reduce each), so that several "
+                  "replicas or workers train as one device; off: each replica's own share.")
 flags.DEFINE_integer("num_pictures", 8, "Images per row of the pictures (0: no pictures).",
                      lower_bound=0)
 FLAGS = flags.FLAGS
@@ -76,7 +80,8 @@ PRESETS = {"omniglot": dict(optimizer="adam", learning_rate=1e-3, max_grad_norm=
 
 def build_model(image_shape, steps_per_epoch):
   kernel_sizes = [int(k) for k in FLAGS.kernel_sizes]
-  encoder = ResNetEncoder(FLAGS.latent_dim, FLAGS.enc_channels, FLAGS.enc_stages, image_shape)
+  encoder = ResNetEncoder(FLAGS.latent_dim, FLAGS.enc_channels, FLAGS.enc_stages, image_shape,
+                          FLAGS.sync_batchnorm)
   latent = 0 if FLAGS.model == "autoreg" else FLAGS.latent_dim
   decoder = GatedPixelCNN(latent, FLAGS.dec_channels, kernel_sizes, FLAGS.latent_feature_maps,
                           image_shape)
@@ -112,8 +117,10 @@ def main(_):
         model, None, train, valid.dataset(), test.dataset(), strategy, FLAGS.model_dir,
         FLAGS.epochs, FLAGS.checkpoint_every, FLAGS.num_samples,
         training.flag_values(FLAGS, [sys.modules[__name__], savae_flags]))
-  except training.NonFiniteLossError as error:
+  except (training.NonFiniteLossError, cluster.LostWorkerError) as error:
     sys.exit(f"error: {error}")
+  if best is None:  # a multi-worker cluster's other worker: the chief writes everything
+    return
   if FLAGS.num_pictures:
     count = min(FLAGS.num_pictures, test.num_images)
     paths = pictures.save_pictures(best, test.images[..., None], FLAGS.model_dir, count,

@@ -10,6 +10,7 @@ bin/evaluate.py, bin/generate.py and bin/export_savedmodel.py load), checkpoints
 (TensorBoard), metrics.json (every epoch, then the test metrics of the best model).
 """
 
+import itertools
 import os
 import sys
 
@@ -19,6 +20,7 @@ from absl import app
 from absl import flags
 import keras
 
+from savae_tf import cluster
 from savae_tf import export
 from savae_tf import flags as savae_flags
 from savae_tf import runs
@@ -47,6 +49,10 @@ flags.DEFINE_integer("max_vocab", 70000, "Vocabulary size cap (specials included
 flags.DEFINE_integer("min_count", 1, "Minimum training count of a word.", lower_bound=1)
 flags.DEFINE_integer("max_train_sentences", 0, "Use only the first N training sentences (0: all).",
                      lower_bound=0)
+flags.DEFINE_bool("streaming", False, "Read the training file as a stream (for corpora larger "
+                  "than memory): two passes (vocabulary, then each sentence's offset and length), "
+                  "then each batch read from the file when needed; the same batches as without. "
+                  "Needs --data_dir or --train_file.")
 flags.DEFINE_integer("max_eval_sentences", 0, "Use only the first N validation and test "
                      "sentences (0: all).", lower_bound=0)
 flags.DEFINE_enum("model", "savae", MODES, "Training variant.")
@@ -66,6 +72,9 @@ flags.register_multi_flags_validator(
     lambda f: sum(f[name] is not None for name in ("dataset", "data_dir", "train_file")) == 1,
     message="Give exactly one of --dataset, --data_dir and --train_file.")
 flags.register_multi_flags_validator(
+    ["streaming", "dataset"], lambda f: not (f["streaming"] and f["dataset"]),
+    message="--streaming reads files: give --data_dir or --train_file, not --dataset.")
+flags.register_multi_flags_validator(
     ["train_file", "valid_file", "test_file"],
     lambda f: f["train_file"] is None or bool(f["valid_file"] and f["test_file"]),
     message="--train_file needs --valid_file and --test_file.")
@@ -81,12 +90,33 @@ PRESETS = {"yahoo": dict(optimizer="sgd", learning_rate=1.0, max_grad_norm=5.0, 
                          min_count=1)}
 
 
-def read_splits():
+def split_paths():
+  return (text.split_files(FLAGS.data_dir) if FLAGS.data_dir else
+          {"train": FLAGS.train_file, "valid": FLAGS.valid_file, "test": FLAGS.test_file})
+
+
+def read_splits(splits):
+  """{split: sentences} of `splits`, each cut to its --max_*_sentences."""
   if FLAGS.dataset == "ptb":
-    return {split: text.ptb_sentences(split) for split in text.SPLITS}
-  paths = (text.split_files(FLAGS.data_dir) if FLAGS.data_dir else
-           {"train": FLAGS.train_file, "valid": FLAGS.valid_file, "test": FLAGS.test_file})
-  return {split: text.read_sentences(path, FLAGS.text_format) for split, path in paths.items()}
+    sentences = {split: text.ptb_sentences(split) for split in splits}
+  else:
+    paths = split_paths()
+    sentences = {split: text.read_sentences(paths[split], FLAGS.text_format) for split in splits}
+  return {split: lines[:(FLAGS.max_train_sentences if split == "train"
+                         else FLAGS.max_eval_sentences) or None]
+          for split, lines in sentences.items()}
+
+
+def streamed_training_data():
+  """(vocabulary, StreamingCorpus) of the training file, read as a stream."""
+  path = split_paths()["train"]
+  streamed = (sentence for _, sentence in text.stream_sentences(path, FLAGS.text_format))
+  vocabulary = text.Vocabulary.build(
+      itertools.islice(streamed, FLAGS.max_train_sentences or None), FLAGS.max_vocab,
+      FLAGS.min_count)
+  return vocabulary, text.StreamingCorpus(path, vocabulary, FLAGS.batch_size, FLAGS.seed,
+                                          FLAGS.max_length, FLAGS.text_format,
+                                          FLAGS.max_train_sentences)
 
 
 def build_model(vocabulary, steps_per_epoch):
@@ -107,12 +137,12 @@ def main(_):
   savae_flags.set_precision_policy()
   keras.utils.set_random_seed(FLAGS.seed)
   try:
-    sentences = read_splits()
-    for splits, limit in ((["train"], FLAGS.max_train_sentences),
-                          (["valid", "test"], FLAGS.max_eval_sentences)):
-      for split in splits:
-        sentences[split] = sentences[split][:limit or None]
-    vocabulary = text.Vocabulary.build(sentences["train"], FLAGS.max_vocab, FLAGS.min_count)
+    if FLAGS.streaming:
+      vocabulary, train = streamed_training_data()
+      sentences = read_splits(["valid", "test"])
+    else:
+      sentences = read_splits(text.SPLITS)
+      vocabulary = text.Vocabulary.build(sentences["train"], FLAGS.max_vocab, FLAGS.min_count)
     saved_vocab = os.path.join(FLAGS.model_dir, runs.VOCAB)
     if os.path.isfile(saved_vocab) and text.Vocabulary.load(saved_vocab) != vocabulary:
       raise text.DataError(f"The vocabulary built from this data does not match {saved_vocab}, "
@@ -122,7 +152,8 @@ def main(_):
               for split, s in sentences.items()}
   except text.DataError as error:
     raise app.UsageError(str(error)) from None
-  train = text.BatchedCorpus(splits["train"], FLAGS.batch_size, vocabulary.pad_id, FLAGS.seed)
+  if not FLAGS.streaming:
+    train = text.BatchedCorpus(splits["train"], FLAGS.batch_size, vocabulary.pad_id, FLAGS.seed)
   valid, test = (text.BatchedCorpus(splits[s], FLAGS.batch_size, vocabulary.pad_id).dataset()
                  for s in ("valid", "test"))
   print(f"data: {train.num_sentences} / {len(splits['valid'])} / {len(splits['test'])} "
@@ -135,8 +166,10 @@ def main(_):
         model, vocabulary, train, valid, test, strategy, FLAGS.model_dir, FLAGS.epochs,
         FLAGS.checkpoint_every, FLAGS.num_samples,
         training.flag_values(FLAGS, [sys.modules[__name__], savae_flags]), decay)
-  except training.NonFiniteLossError as error:
+  except (training.NonFiniteLossError, cluster.LostWorkerError) as error:
     sys.exit(f"error: {error}")
+  if best is None:  # a multi-worker cluster's other worker: the chief writes everything
+    return
   if FLAGS.export_dir:
     print(f"SavedModel written to {export.export(best, vocabulary, FLAGS.export_dir)}")
 

@@ -13,8 +13,11 @@ sweeps of `savae_tf.refine` rely on. A seed is either
     position b and on the batch's shape), as training uses; or
   - `ExampleSeeds`: one key per example, made from the example's own content
     (`ExampleSeeds.of_content`), so that example b's draws are the same alone or in any batch, at
-    any position. Evaluation and every exported signature use these.
-`fold_in`, `split` and `standard_normal` take either kind.
+    any position. Evaluation and every exported signature use these;
+  - `BatchRows`: a shape [2] seed's stream for a whole batch of which a replica holds some rows,
+    so that under tf.distribute each example draws what it would draw on one device. Training
+    on several replicas uses these.
+`fold_in`, `split`, `standard_normal` and `uniform` take every kind.
 """
 
 from typing import NamedTuple, Optional, Union
@@ -95,7 +98,24 @@ class ExampleSeeds(NamedTuple):
     return cls(keys)
 
 
-Seed = Union[tf.Tensor, ExampleSeeds]
+class BatchRows(NamedTuple):
+  """The stream of a shape [2] `seed` over a batch of `total` examples, of which only the rows
+  at positions `rows` (int32 [local]) are here: a draw is made for the whole batch and these rows
+  kept, so an example's noise does not depend on how the batch was split over replicas."""
+  seed: tf.Tensor
+  rows: tf.Tensor
+  total: tf.Tensor
+
+  def draw(self, draw_fn, shape, axis):
+    """`draw_fn(seed, full_shape)` for the whole batch (axis `axis` of `shape` is the batch's),
+    then this replica's rows along that axis."""
+    shape = tf.convert_to_tensor(shape, tf.int32)
+    index = tf.size(shape) + axis if axis < 0 else axis
+    full_shape = tf.tensor_scatter_nd_update(shape, [[index]], tf.reshape(self.total, [1]))
+    return tf.gather(draw_fn(self.seed, full_shape), self.rows, axis=axis)
+
+
+Seed = Union[tf.Tensor, ExampleSeeds, BatchRows]
 
 
 def fold_in(seed: Seed, data) -> Seed:
@@ -103,6 +123,8 @@ def fold_in(seed: Seed, data) -> Seed:
   seed; different data give independent streams."""
   if isinstance(seed, ExampleSeeds):
     return ExampleSeeds(_combine(seed.keys, data))
+  if isinstance(seed, BatchRows):
+    return seed._replace(seed=fold_in(seed.seed, data))
   seed = tf.convert_to_tensor(seed)
   return tf.random.experimental.stateless_fold_in(seed, tf.cast(data, seed.dtype))
 
@@ -111,6 +133,8 @@ def split(seed: Seed, num: int):
   """`num` independent seeds derived from `seed`."""
   if isinstance(seed, ExampleSeeds):
     return [fold_in(seed, i) for i in range(num)]
+  if isinstance(seed, BatchRows):
+    return [seed._replace(seed=s) for s in split(seed.seed, num)]
   return tf.unstack(tf.random.experimental.stateless_split(seed, num))
 
 
@@ -127,6 +151,8 @@ def standard_normal(seed: Seed, shape, dtype=tf.float32, first_sample=0):
   alone, so drawing samples in chunks gives the same numbers as drawing them at once. A shape
   [2] seed is one stateless stream for the whole tensor (`first_sample` folded in).
   """
+  if isinstance(seed, BatchRows):
+    return seed.draw(lambda s, full: standard_normal(s, full, dtype, first_sample), shape, -2)
   if not isinstance(seed, ExampleSeeds):
     if not isinstance(first_sample, int) or first_sample:
       seed = fold_in(seed, first_sample)
@@ -148,7 +174,10 @@ def _unit_interval(bits):
 
 
 def uniform(seed: Seed, shape, dtype=tf.float32):
-  """U(0, 1) noise of `shape`; with `ExampleSeeds` the shape is [batch], one draw per key."""
+  """U(0, 1) noise of `shape` (batch first); with `ExampleSeeds` the shape is [batch], one draw
+  per key."""
+  if isinstance(seed, BatchRows):
+    return seed.draw(lambda s, full: uniform(s, full, dtype), shape, 0)
   if not isinstance(seed, ExampleSeeds):
     return tf.random.stateless_uniform(shape, seed, dtype=dtype)
   return tf.cast(_unit_interval(seed.keys), dtype)

@@ -27,6 +27,7 @@ from typing import NamedTuple, Optional, Tuple
 import keras
 import tensorflow as tf
 
+from savae_tf import cluster
 from savae_tf import distributions
 from savae_tf import methods
 from savae_tf import objectives
@@ -163,6 +164,39 @@ class PosteriorTerms(NamedTuple):
   def lambda_gradient(self):
     """d loss / d (mean, logvar) (once; needs `watch=True`)."""
     return self.tape.gradient(self.loss, [self.mean, self.logvar])
+
+
+def _replicas():
+  """(replica context, number of replicas in sync); the context is None outside a replica."""
+  context = tf.distribute.get_replica_context()
+  return context, 1 if context is None else context.num_replicas_in_sync
+
+
+def _whole_batch_means(out, names):
+  """Each of `names` as the whole batch's mean over every replica, the same on each: `loss` is
+  already this replica's share of it; the others are per-example values. Exact however unevenly
+  the batch was split, also for a replica that got no example."""
+  context, replicas = _replicas()
+  if replicas == 1:
+    return {name: out[name] if name == "loss" else tf.reduce_mean(out[name]) for name in names}
+  size = svi.global_batch_size(tf.shape(out["nll_bound"])[0])
+  shares = [out[name] if name == "loss" else tf.reduce_sum(out[name]) / size for name in names]
+  return dict(zip(names, context.all_reduce(tf.distribute.ReduceOp.SUM, shares)))
+
+
+def _whole_batch_sums(values):
+  """Sums over every replica (the same on each) of the tensors in `values`."""
+  context, replicas = _replicas()
+  return values if replicas == 1 else context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+def _logs(results):
+  """Keras 3 reduces each log of a multi-worker step with MEAN over axis 0, which a scalar lacks
+  (tensorflow/tensorflow#72388); the logs are equal on every replica, so a length-1 axis changes
+  no value."""
+  if cluster.in_cluster():
+    return {name: value[None] for name, value in results.items()}
+  return results
 
 
 class SemiAmortizedVAE(keras.Model):
@@ -366,12 +400,31 @@ class SemiAmortizedVAE(keras.Model):
 
   # --- Keras hooks. ---
 
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    # Under a distribution strategy Keras builds from the first batch averaged over replicas,
+    # which MultiWorkerMirroredStrategy cannot do for a dict of inputs; one replica's share has
+    # the shapes and dtypes that building needs. A built model reads no batch: on several
+    # workers each read is a collective operation.
+    if all(layer.built for layer in self._flatten_layers()) and self.optimizer.built:
+      return
+    if iterator is not None and self._distribute_strategy is not None:
+      for _, _, batches in iterator:
+        data_batch = tf.nest.map_structure(
+            lambda v: self.distribute_strategy.experimental_local_results(v)[0], next(batches))
+        break
+      iterator = None
+    super()._maybe_symbolic_build(iterator, data_batch)
+
   def train_step(self, data):
     step = self.optimizer.iterations
     seed = tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 0]), step)
     replica = tf.distribute.get_replica_context()
-    if replica is not None and replica.num_replicas_in_sync > 1:  # independent noise per replica
-      seed = tf.random.experimental.stateless_fold_in(seed, replica.replica_id_in_sync_group)
+    if replica is not None and replica.num_replicas_in_sync > 1:
+      if "rows" in data:  # each example's noise as on one device (the corpora's datasets)
+        total = tf.cast(svi.global_batch_size(tf.shape(data["rows"])[0]), tf.int32)
+        seed = distributions.BatchRows(seed, data["rows"], total)
+      else:  # batches without positions: independent noise per replica
+        seed = tf.random.experimental.stateless_fold_in(seed, replica.replica_id_in_sync_group)
     with tf.GradientTape() as tape:
       out = self.forward(data, seed, True, self.kl_weight(step), self.svi_config.steps, None)
       # VAE+SVI(+KL): encoder_loss does not depend on the decoder and decoder_loss not on the
@@ -400,22 +453,31 @@ class SemiAmortizedVAE(keras.Model):
       grads = [tf.math.scalar_mul(1.0 / replicas, g)
                for g in tf.clip_by_global_norm(grads, clip)[0]]
     self.optimizer.apply(grads, variables)
-    # `loss` is this replica's share of the whole batch's mean; the metric averages replicas.
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    for name, tracker in self.trackers.items():
-      tracker.update_state(out[name] * replicas if name == "loss" else tf.reduce_mean(out[name]))
-    return {name: tracker.result() for name, tracker in self.trackers.items()}
+    for name, value in _whole_batch_means(out, list(self.trackers)).items():
+      self.trackers[name].update_state(value)
+    return _logs({name: tracker.result() for name, tracker in self.trackers.items()})
 
   def test_step(self, data):
     out = self.score(data, self.test_svi_steps, self.eval_num_samples, refine=self.refines)
-    for name, tracker in self.eval_trackers.items():
-      if name in out:
-        tracker.update_state(out[name])
-    self.totals["bound_total"].update_state(tf.reduce_sum(out["refined_nll_bound"]))
-    self.totals["tokens"].update_state(tf.reduce_sum(out["tokens"]))
-    if "iw_nll" in out:
-      self.totals["iw_total"].update_state(tf.reduce_sum(out["iw_nll"]))
-    return self.evaluation_results()
+    _, replicas = _replicas()
+    names = [name for name in self.eval_trackers if name in out]
+    if replicas == 1:
+      for name in names:
+        self.eval_trackers[name].update_state(out[name])
+    else:  # every replica's trackers take the whole batch's sums
+      count, *sums = _whole_batch_sums(
+          [tf.cast(tf.shape(out["nll_bound"])[0], tf.float32)]
+          + [tf.reduce_sum(out[name]) for name in names])
+      for name, total in zip(names, sums):
+        self.eval_trackers[name].update_state(tf.math.divide_no_nan(total, count),
+                                              sample_weight=count)
+    totals = {"bound_total": "refined_nll_bound", "tokens": "tokens", "iw_total": "iw_nll"}
+    totals = {name: key for name, key in totals.items() if key in out}
+    sums = _whole_batch_sums([tf.cast(tf.reduce_sum(out[key]), tf.float32)
+                              for key in totals.values()])
+    for name, total in zip(totals, sums):
+      self.totals[name].update_state(total)
+    return _logs(self.evaluation_results())
 
   def iw_nll(self, data, out, num_samples):
     """-log p(x) per example by importance sampling, proposal q at the refined lambda."""

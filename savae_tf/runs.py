@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 
+from savae_tf import cluster
 from savae_tf import training
 from savae_tf.evaluate import evaluate
 
@@ -81,17 +82,27 @@ def train_and_test(model: SemiAmortizedVAE, vocabulary: Optional[Vocabulary], tr
                    strategy: tf.distribute.Strategy, model_dir: str, epochs: int,
                    checkpoint_every: int, num_samples: int, flag_values: Dict[str, Any],
                    decay: training.LearningRateDecay = training.LearningRateDecay()
-                   ) -> SemiAmortizedVAE:
+                   ) -> Optional[SemiAmortizedVAE]:
   """A training binary's whole run, resumable: `training.train` with the best validation model
   saved into `model_dir` as it improves, then that model's test metrics (`iw_nll` with
   `num_samples` samples) printed and written to <model_dir>/metrics.json with the run's flags and
-  every epoch. Returns the best model. Raises training.NonFiniteLossError on a NaN loss."""
-  if not os.path.isfile(os.path.join(model_dir, CONFIG)):
-    save_model(model, vocabulary, model_dir)  # the untrained model, until there is a best
-  with strategy.scope():
-    history = training.train(model, train_batches, epochs, model_dir, valid, checkpoint_every,
-                             decay, on_best=lambda m: save_model(m, vocabulary, model_dir),
-                             verbose=1 if sys.stdout.isatty() else 2)
+  every epoch. Returns the best model. On a multi-worker cluster every worker trains and writes
+  the same, each into its `cluster.worker_directory`: only the chief's is `model_dir`, and only
+  the chief tests and returns the model (the others return None). Raises
+  training.NonFiniteLossError on a NaN loss, cluster.LostWorkerError when another worker stops."""
+  with strategy.scope(), cluster.worker_directory(model_dir) as run_dir:
+    if not tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")):
+      save_model(model, vocabulary, run_dir)  # the untrained model, until there is a best
+    with cluster.lost_worker_as_error("training"):
+      history = training.train(model, train_batches, epochs, run_dir, valid, checkpoint_every,
+                               decay, on_best=lambda m: save_model(m, vocabulary, run_dir),
+                               verbose=1 if sys.stdout.isatty() else 2, resume_dir=model_dir)
+    if cluster.in_cluster():
+      print("Variables checksum (the same on every worker): "
+            + cluster.variables_checksum(model.variables + model.optimizer.variables), flush=True)
+    chief = run_dir == model_dir
+  if not chief:
+    return None
   best, _ = load_model(model_dir)
   best.compile()
   metrics = evaluate(best, test, num_samples=num_samples)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional
 import keras
 import tensorflow as tf
 
+from savae_tf import cluster
 from savae_tf import evaluate
 
 
@@ -97,7 +98,8 @@ class LearningRateDecay:
 
 def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoint_every: int = 0,
           decay: LearningRateDecay = LearningRateDecay(), on_best: Optional[Callable] = None,
-          verbose=2, max_to_keep: int = 3) -> List[Dict[str, float]]:
+          verbose=2, max_to_keep: int = 3,
+          resume_dir: Optional[str] = None) -> List[Dict[str, float]]:
   """Trains on a `data.text.BatchedCorpus` for `epochs` epochs, resumable at any moment.
 
   Checkpoints (model, optimizer with its learning rate, epoch, position in the epoch's batch
@@ -110,8 +112,10 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
 
   After every epoch: validation (`selection_metric`), `on_best(model)` when it improved,
   TensorBoard summaries in <model_dir>/logs, and <model_dir>/metrics.json (one entry per epoch).
-  Returns those entries.
+  Returns those entries. `resume_dir` (default `model_dir`) is the run directory whose
+  checkpoints and metrics.json a restart resumes from (see `cluster.worker_directory`).
   """
+  resume_dir = resume_dir or model_dir
   state = {"epoch": tf.Variable(0, dtype=tf.int64), "position": tf.Variable(0, dtype=tf.int64),
            "best": tf.Variable(float("inf"), dtype=tf.float64),
            "decaying": tf.Variable(False)}
@@ -123,14 +127,15 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
                                    **method.training_state(model))
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
                                        max_to_keep=max_to_keep)
-  history_path = os.path.join(model_dir, "metrics.json")
+  history_path = os.path.join(resume_dir, "metrics.json")
   history = []
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+  latest = tf.train.latest_checkpoint(os.path.join(resume_dir, "checkpoints"))
+  if latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
     if os.path.isfile(history_path):
       with open(history_path) as f:
         history = json.load(f)["epochs"][:int(state["epoch"].numpy())]
-    print(f"Resuming from {manager.latest_checkpoint}: epoch {int(state['epoch'].numpy()) + 1}, "
+    print(f"Resuming from {latest}: epoch {int(state['epoch'].numpy()) + 1}, "
           f"batch {int(state['position'].numpy())} of {len(corpus)}", flush=True)
 
   class SaveEverySteps(keras.callbacks.Callback):

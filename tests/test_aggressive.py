@@ -76,7 +76,7 @@ def test_the_inner_loop_stops_when_a_windows_loss_rises(window_means, expected_u
 def test_the_model_step_trains_the_decoder_alone_while_the_phase_lasts():
   corpus, _, vocabulary = corpus_and_vocabulary()
   model = aggressive_model(vocabulary)
-  data = corpus.batches[0]
+  data = corpus.padded[0]
   encoder, decoder = weights(model.encoder), weights(model.decoder)
   model.train_step(data)
   assert not any(changed(encoder, model.encoder)) and all(changed(decoder, model.decoder))

@@ -15,6 +15,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # "{images}" a tiny .npz of images.
 SMOKE_RUNS = {
     "refine_demo.py": (["--svi_steps=3", "--batch_size=4"], "relative difference to unrolled"),
+    # Two copies of a binary, each with its TF_CONFIG (real clusters: tests/test_multi_worker.py).
+    "launch_local_cluster.py": (["--workers=2", "--", str(ROOT / "bin" / "refine_demo.py"),
+                                 "--svi_steps=3", "--batch_size=4"],
+                                "[worker 1] gradient of the refined bound"),
     # The oracle's table; test_train_synthetic_writes_metrics_json_and_exports checks more of it.
     "train_synthetic.py": (["--model=all", "--generator=oracle", "--epochs=1", "--num_train=32",
                             "--num_test=10", "--num_samples=5", "--svi_steps=2",
@@ -189,6 +193,8 @@ BENCH_RUNS = {
     "generate_bench.py": ["--word_dim=4", "--hidden_dim=6", "--latent_dim=2", "--vocab=20",
                           "--batch=3", "--lengths=2,5", "--repeats=1"],
     "nll_bench.py": ["--tokens=12", "--hidden=4", "--vocab=20", "--repeats=1"],
+    "cluster_bench.py": ["--workers=1", "--batch_size=4", "--length=4", "--hidden=4",
+                         "--vocab=20", "--warmup=1", "--steps=2"],
 }
 
 

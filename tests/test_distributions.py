@@ -62,3 +62,24 @@ def test_posterior_log_prob_is_the_diagonal_gaussian_density(params):
   expected = tf.reduce_sum(
       -0.5 * (np.log(2 * np.pi) + logvar + tf.square(mean) / tf.exp(logvar)), -1)
   np.testing.assert_allclose(distributions.posterior(mean, logvar).log_prob(z), expected)
+
+
+def test_batch_rows_draw_each_example_what_the_whole_batch_would():
+  # A batch of 7 split over replicas as rows [0, 1, 2] and [3..6]: each part's draws are the
+  # whole batch's rows, for normals ([batch, latent] and [samples, batch, latent]), uniforms and
+  # the sub-streams made by fold_in and split.
+  seed = tf.constant([5, 11])
+  parts = [tf.constant([0, 1, 2]), tf.constant([3, 4, 5, 6])]
+  whole = {"normal": distributions.standard_normal(seed, [7, 3]),
+           "samples": distributions.standard_normal(distributions.fold_in(seed, 2), [4, 7, 3],
+                                                    first_sample=8),
+           "uniform": distributions.uniform(distributions.split(seed, 2)[1], [7, 5, 2])}
+  for rows in parts:
+    part = distributions.BatchRows(seed, rows, tf.constant(7))
+    n = int(tf.size(rows))
+    drawn = {"normal": distributions.standard_normal(part, [n, 3]),
+             "samples": distributions.standard_normal(distributions.fold_in(part, 2), [4, n, 3],
+                                                      first_sample=8),
+             "uniform": distributions.uniform(distributions.split(part, 2)[1], [n, 5, 2])}
+    for name, axis in (("normal", 0), ("samples", 1), ("uniform", 0)):
+      np.testing.assert_array_equal(drawn[name], tf.gather(whole[name], rows, axis=axis), name)

@@ -288,3 +288,16 @@ def test_the_hand_written_second_order_sweep_matches_autodiff_of_the_recurrence_
   expected = hessian_vector_product(reference)
   for a, b in zip(got, expected):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_dropout_is_tensorflows_stateless_dropout_and_splits_by_rows():
+  from savae_tf import distributions
+  from savae_tf.networks.text import dropout
+  x = tf.random.stateless_normal([6, 5, 4], [1, 2])
+  seed = tf.constant([3, 9])
+  expected = tf.nn.experimental.stateless_dropout(x, rate=0.4, seed=seed)
+  np.testing.assert_array_equal(dropout(x, 0.4, seed, training=True), expected)
+  rows = tf.constant([4, 5])  # a replica's part of the batch
+  part = dropout(tf.gather(x, rows), 0.4, distributions.BatchRows(seed, rows, tf.constant(6)),
+                 training=True)
+  np.testing.assert_array_equal(part, tf.gather(expected, rows))

@@ -78,13 +78,14 @@ def assert_same_run(got, expected, names):
     assert a["val_nll_bound"] == pytest.approx(b["val_nll_bound"], rel=1e-5)
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, whole_run):
+def test_a_streamed_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, whole_run):
   shutil.copytree(whole_run / "data", tmp_path / "data")
   # Text's own default step (per example), recorded with the model.
   svi_config = json.loads((whole_run / "whole" / "config.json").read_text())["svi_config"]
   assert (svi_config["step_scale"], svi_config["lr"]) == ("per_example", 0.03)
-  # Killed in the second epoch (20 batches an epoch).
-  got = kill_and_resume(RUN_ARGS, tmp_path, (20, 40))
+  # Killed in the second epoch (20 batches an epoch). The training file is read as a stream
+  # (--streaming), which must give the batches of the whole run's in-memory corpus.
+  got = kill_and_resume(RUN_ARGS + ["--streaming"], tmp_path, (20, 40))
   expected = json.loads((whole_run / "whole" / "metrics.json").read_text())
   assert [e["epoch"] for e in got["epochs"]] == [1, 2, 3]
   assert_same_run(got, expected, ("nll_bound", "refined_nll_bound", "kl", "iw_nll"))

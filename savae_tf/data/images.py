@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from savae_tf.data import DataError
+from savae_tf.data import batch_dataset
 
 DATASETS = ("mnist_subset", "fashion_mnist", "mnist", "binarized_mnist", "omniglot", "npz")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -269,8 +270,5 @@ class ImageBatches:
     """Epoch `epoch`'s batches from position `start` on, as a prefetched tf.data pipeline."""
     height, width = self.images.shape[1:]
     signature = {"images": tf.TensorSpec([None, height, width, 1], tf.float32)}
-    dataset = tf.data.Dataset.from_generator(
-        lambda: (self.batch(epoch, i) for i in range(start, len(self))),
-        output_signature=signature)
-    return dataset.apply(tf.data.experimental.assert_cardinality(len(self) - start)).prefetch(
-        tf.data.AUTOTUNE)
+    return batch_dataset(lambda: (self.batch(epoch, i) for i in range(start, len(self))),
+                         signature, len(self) - start)

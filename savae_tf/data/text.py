@@ -5,16 +5,18 @@ A sentence is a string of whitespace-separated tokens. Encoded, it is `<s> w_1 .
 (the end token only when the vocabulary has one); the decoder predicts every token after `<s>`.
 """
 
+import array
 import collections
 import json
 import os
 import re
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from savae_tf.data import DataError  # pylint: disable=unused-import  (text.DataError)
+from savae_tf.data import batch_dataset
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 
@@ -141,24 +143,55 @@ def read_sentences(path: str, text_format: str = "auto") -> List[str]:
   the first tab), or "auto" ("labeled" when every non-blank line starts with an integer and a
   tab). Blank lines are skipped.
   """
+  return [sentence for _, sentence in stream_sentences(path, text_format)]
+
+
+def _labeled(line: str) -> bool:
+  return "\t" in line and bool(re.fullmatch(r"-?\d+", line.split("\t", 1)[0]))
+
+
+def resolve_text_format(path: str, text_format: str = "auto") -> str:
+  """"plain" or "labeled": `text_format`, or for "auto" what the file's lines are (one pass, which
+  stops at the first line that is not `integer<TAB>text`). Names a missing or empty file."""
+  if text_format not in ("auto", "plain", "labeled"):
+    raise ValueError(f"Unknown text format {text_format!r}; expected auto, plain or labeled.")
   if not os.path.isfile(path):
     raise DataError(f"Data file {path!r} does not exist.")
+  found = False
   with open(path, encoding="utf-8") as f:
-    lines = [line.rstrip("\r\n") for line in f if line.strip()]
-  if not lines:
+    for line in f:
+      if line.strip():
+        found = True
+        if text_format == "auto" and not _labeled(line.rstrip("\r\n")):
+          return "plain"
+  if not found:
     raise DataError(f"Data file {path!r} is empty (no non-blank line).")
-  if text_format == "auto":
-    labeled = all(re.fullmatch(r"-?\d+", line.split("\t", 1)[0]) and "\t" in line
-                  for line in lines)
-    text_format = "labeled" if labeled else "plain"
+  return "labeled" if text_format == "auto" else text_format
+
+
+def _sentence(line: bytes, text_format: str) -> str:
+  """The sentence of one raw line ("" for a blank line or an empty text field)."""
+  line = line.decode("utf-8").rstrip("\r\n")
   if text_format == "labeled":
-    lines = [line.split("\t", 1)[1] if "\t" in line else "" for line in lines]
-  elif text_format != "plain":
-    raise ValueError(f"Unknown text format {text_format!r}; expected auto, plain or labeled.")
-  sentences = [line.strip() for line in lines if line.strip()]
-  if not sentences:
+    line = line.split("\t", 1)[1] if "\t" in line else ""
+  return line.strip()
+
+
+def stream_sentences(path: str, text_format: str = "auto") -> Iterator[Tuple[int, str]]:
+  """(byte offset of its line, sentence) for each usable line of a text file, read as a stream
+  (see `read_sentences` for the formats; the file's format is resolved first)."""
+  text_format = resolve_text_format(path, text_format)
+  found = False
+  with open(path, "rb") as f:
+    offset = 0
+    for line in f:
+      sentence = _sentence(line, text_format)
+      if sentence:
+        found = True
+        yield offset, sentence
+      offset += len(line)
+  if not found:
     raise DataError(f"Data file {path!r} has no usable line (every text field is empty).")
-  return sentences
 
 
 def split_files(data_dir: str) -> Dict[str, str]:
@@ -200,14 +233,16 @@ def encode_corpus(sentences: Sequence[str], vocabulary: Vocabulary,
   return encoded
 
 
-def length_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> List[np.ndarray]:
+def length_batches(lengths: Sequence[int], batch_size: int) -> List[np.ndarray]:
   """Indices of batches of up to `batch_size` sentences of identical length (the paper's
-  batching: no padding at all), sentences in their original order within a length."""
-  by_length = collections.defaultdict(list)
-  for i, ids in enumerate(encoded):
-    by_length[len(ids)].append(i)
-  return [np.array(ids[i:i + batch_size]) for _, ids in sorted(by_length.items())
-          for i in range(0, len(ids), batch_size)]
+  batching: no padding at all), by increasing length, sentences in their original order within
+  a length."""
+  lengths = np.asarray(lengths)
+  by_length = np.argsort(lengths, kind="stable")
+  ends = np.append(np.flatnonzero(np.diff(lengths[by_length])) + 1, len(lengths))
+  starts = np.append(0, ends[:-1])
+  return [by_length[i:min(i + batch_size, end)] for start, end in zip(starts, ends)
+          for i in range(start, end, batch_size)]
 
 
 def pad_batch(encoded: Sequence[Sequence[int]], pad_id: int) -> Dict[str, np.ndarray]:
@@ -218,40 +253,96 @@ def pad_batch(encoded: Sequence[Sequence[int]], pad_id: int) -> Dict[str, np.nda
   return {"tokens": tokens, "lengths": lengths}
 
 
-class BatchedCorpus:
-  """A corpus cut into equal-length batches, visited in a seeded random order per epoch.
+class _SeededBatches:
+  """Batches 0..n-1 (`batches(indices)` makes them), visited in a seeded random order per epoch.
 
   The order of epoch e is a function of (seed, e) only, so a training run can stop anywhere and
   resume at (epoch, position) with exactly the batches it would have seen.
   """
 
-  def __init__(self, encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int,
-               seed: Optional[int] = None):
-    self.batches = [pad_batch([encoded[i] for i in index], pad_id)
-                    for index in length_batches(encoded, batch_size)]
-    self.seed = seed
-    self.num_sentences = len(encoded)
+  seed: Optional[int]
+  num_sentences: int
 
-  def __len__(self):
-    return len(self.batches)
+  def __len__(self) -> int:
+    raise NotImplementedError
+
+  def batches(self, indices: Iterable[int]) -> Iterator[Dict[str, np.ndarray]]:
+    raise NotImplementedError
 
   def order(self, epoch: int) -> np.ndarray:
     if self.seed is None:
-      return np.arange(len(self.batches))
-    return np.random.default_rng([self.seed, epoch]).permutation(len(self.batches))
+      return np.arange(len(self))
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self))
 
   def draw(self, key: int) -> Dict[str, np.ndarray]:
     """A training batch chosen at random by the integer `key` alone (the same key, the same
     batch): for methods that need batches beyond the epoch's order."""
-    return self.batches[np.random.default_rng([self.seed or 0, key, 1]).integers(len(self))]
+    return next(self.batches([np.random.default_rng([self.seed or 0, key, 1]).integers(len(self))]))
 
   def dataset(self, epoch: int = 0, start: int = 0) -> tf.data.Dataset:
     """Epoch `epoch`'s batches from position `start` on, as a prefetched tf.data pipeline."""
     order = self.order(epoch)[start:]
     signature = {"tokens": tf.TensorSpec([None, None], tf.int32),
                  "lengths": tf.TensorSpec([None], tf.int32)}
-    dataset = tf.data.Dataset.from_generator(
-        lambda: (self.batches[i] for i in order), output_signature=signature)
-    # A known length lets Keras show progress and ETA and end the epoch cleanly.
-    return dataset.apply(tf.data.experimental.assert_cardinality(len(order))).prefetch(
-        tf.data.AUTOTUNE)
+    return batch_dataset(lambda: self.batches(order), signature, len(order))
+
+
+class BatchedCorpus(_SeededBatches):
+  """An encoded corpus in memory, cut into equal-length batches (`length_batches`), visited in a
+  seeded random order per epoch."""
+
+  def __init__(self, encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int,
+               seed: Optional[int] = None):
+    self.padded = [pad_batch([encoded[i] for i in index], pad_id)
+                   for index in length_batches([len(ids) for ids in encoded], batch_size)]
+    self.seed = seed
+    self.num_sentences = len(encoded)
+
+  def __len__(self):
+    return len(self.padded)
+
+  def batches(self, indices):
+    return (self.padded[i] for i in indices)
+
+
+class StreamingCorpus(_SeededBatches):
+  """A training file too large for memory, as the same batches in the same order as
+  `BatchedCorpus` of `encode_corpus(read_sentences(path), vocabulary, max_length)`.
+
+  One pass over the file keeps, per usable sentence, its line's byte offset and its encoded
+  length (12 bytes, plus 8 for its place in a batch); each batch is read from the file (one seek
+  per sentence), encoded and padded when the pipeline asks for it. `limit` > 0 keeps only the
+  first `limit` sentences (as slicing `read_sentences` would).
+  """
+
+  def __init__(self, path: str, vocabulary: Vocabulary, batch_size: int,
+               seed: Optional[int] = None, max_length: Optional[int] = None,
+               text_format: str = "auto", limit: int = 0):
+    self.path, self.vocabulary, self.seed = path, vocabulary, seed
+    self.text_format = resolve_text_format(path, text_format)
+    specials = (vocabulary.bos_id is not None) + (vocabulary.eos_id is not None)
+    offsets, lengths = array.array("q"), array.array("i")
+    for count, (offset, sentence) in enumerate(stream_sentences(path, self.text_format)):
+      if limit and count >= limit:
+        break
+      words = len(sentence.split())
+      if max_length is None or words <= max_length:
+        offsets.append(offset)
+        lengths.append(words + specials)
+    if not offsets:
+      raise DataError(f"No sentence of {path!r} has at most {max_length} words.")
+    self.offsets = np.frombuffer(offsets, np.int64)
+    self.index = length_batches(np.frombuffer(lengths, np.int32), batch_size)
+    self.num_sentences = len(self.offsets)
+
+  def __len__(self):
+    return len(self.index)
+
+  def batches(self, indices):
+    with open(self.path, "rb") as f:
+      for i in indices:
+        encoded = []
+        for offset in self.offsets[self.index[i]]:
+          f.seek(offset)
+          encoded.append(self.vocabulary.encode(_sentence(f.readline(), self.text_format)))
+        yield pad_batch(encoded, self.vocabulary.pad_id)

@@ -82,9 +82,10 @@ class _InnerLoop(keras.callbacks.Callback):
     super().__init__()
     self.method, self.vae, self.corpus = method, model, corpus
     # One trace for every batch shape, so a resumed run computes with the very same graph.
+    # `corpus.draw` gives the dataset's batches without their examples' positions ("rows").
+    batch = {name: spec for name, spec in corpus.dataset().element_spec.items() if name != "rows"}
     self.step = tf.function(lambda data, seed: method.encoder_step(model, data, seed),
-                            input_signature=[corpus.dataset().element_spec,
-                                             tf.TensorSpec([2], tf.int32)])
+                            input_signature=[batch, tf.TensorSpec([2], tf.int32)])
 
   def on_train_batch_begin(self, batch, logs=None):
     method, model = self.method, self.vae

@@ -160,16 +160,18 @@ class GatedMaskedLayer(keras.layers.Layer):
 class ResidualBlock(keras.layers.Layer):
   """relu(BN(conv3x3(relu(BN(conv3x3(x))))) + skip(x)); skip is a 1x1 conv when channels change.
 
-  BatchNorm has PyTorch's defaults (momentum 0.9, epsilon 1e-5), as in the paper's code.
+  BatchNorm has PyTorch's defaults (momentum 0.9, epsilon 1e-5), as in the paper's code;
+  `synchronized`: its batch statistics over every tf.distribute replica, not this replica's share.
   """
 
-  def __init__(self, channels, in_channels, **kwargs):
+  def __init__(self, channels, in_channels, synchronized=False, **kwargs):
     super().__init__(**kwargs)
     policy = self.dtype_policy
     self.conv1 = _conv(channels, 3, in_channels, padding="same", dtype=policy)
     self.conv2 = _conv(channels, 3, channels, padding="same", dtype=policy)
-    self.norm1 = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
-    self.norm2 = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
+    self.norm1, self.norm2 = (
+        keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized,
+                                        dtype=policy) for _ in range(2))
     self.norm1.build((None, None, None, channels))
     self.norm2.build((None, None, None, channels))
     self.skip = (_conv(channels, 1, in_channels, dtype=policy) if in_channels != channels
@@ -187,18 +189,24 @@ class ResNetEncoder(keras.layers.Layer):
   """q(z | x): `stages` x [residual block -> 2x2 conv, stride 2], flatten, linear mean and logvar.
 
   28 x 28 -> 14 -> 7 -> 3 with the paper's three stages of 64 channels. BatchNorm uses batch
-  statistics with `training=True` and its moving averages otherwise.
+  statistics with `training=True` and its moving averages otherwise; with
+  `synchronized_batchnorm` the batch statistics are the whole batch's under tf.distribute (one
+  all-reduce per BatchNorm), so that several replicas train as one device does; otherwise each
+  replica normalises by its own share.
   """
 
   def __init__(self, latent_dim: int = 32, channels: int = 64, stages: int = 3,
-               image_shape: Sequence[int] = (28, 28), **kwargs):
+               image_shape: Sequence[int] = (28, 28), synchronized_batchnorm: bool = False,
+               **kwargs):
     super().__init__(**kwargs)
     self.latent_dim, self.channels, self.stages = latent_dim, channels, stages
+    self.synchronized_batchnorm = synchronized_batchnorm
     self.image_shape = tuple(image_shape)
     in_channels = 1
     height, width = self.image_shape
     for index in range(stages):  # attributes, not a list: see GatedPixelCNN
       setattr(self, f"block_{index}", ResidualBlock(channels, in_channels,
+                                                    synchronized_batchnorm,
                                                     dtype=self.dtype_policy))
       setattr(self, f"downsample_{index}", _conv(channels, 2, channels, strides=2,
                                                  dtype=self.dtype_policy))
@@ -217,7 +225,8 @@ class ResNetEncoder(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "latent_dim": self.latent_dim, "channels": self.channels,
-            "stages": self.stages, "image_shape": list(self.image_shape)}
+            "stages": self.stages, "image_shape": list(self.image_shape),
+            "synchronized_batchnorm": self.synchronized_batchnorm}
 
   def call(self, images, training=False):
     x = images

@@ -33,7 +33,9 @@ from typing import NamedTuple, Optional
 import keras
 import tensorflow as tf
 
+from savae_tf import distributions
 from savae_tf.distributions import GaussianParams
+
 
 def uniform(init_scale):
   """The paper's U(-s, s) initialiser, or None for the Keras default."""
@@ -65,10 +67,12 @@ def embedding(vocab_size, dim, init_scale, **kwargs):
 
 
 def dropout(x, rate: float, seed, training):
-  """Dropout whose mask is a function of `seed` (shape [2]), so it can be replayed."""
+  """Dropout whose mask is a function of `seed` (a shape [2] seed or `BatchRows`), so it can be
+  replayed: `tf.nn.experimental.stateless_dropout`'s arithmetic, on `distributions.uniform`."""
   if not training or rate == 0.0:
     return x
-  return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed)
+  keep = distributions.uniform(seed, tf.shape(x), x.dtype) >= rate
+  return tf.where(keep, x * tf.constant(1 / (1 - rate), x.dtype), tf.zeros_like(x))
 
 
 def runs_keras_lstm(use_cudnn) -> bool:
@@ -442,6 +446,5 @@ class LSTMDecoder(keras.layers.Layer):
     return tf.cast(self.out(state.h), self.dtype), state
 
   def call(self, tokens, z=None, training=False, seed=None):
-    prepare_seed, logits_seed = (None, None) if seed is None else tf.unstack(
-        tf.random.experimental.stateless_split(seed, 2))
+    prepare_seed, logits_seed = (None, None) if seed is None else distributions.split(seed, 2)
     return self.logits(self.prepare(tokens, training, prepare_seed), z, training, logits_seed)
