@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 
 from savae_tf import export
+from savae_tf import flags as savae_flags
 from savae_tf import runs
 
 flags.DEFINE_string("model_dir", None, "A model directory written by a training binary.",
@@ -37,4 +38,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  savae_flags.run(main)

@@ -12,7 +12,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app
 from absl import flags
 import keras
 import numpy as np
@@ -68,4 +67,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  savae_flags.run(main)

@@ -175,4 +175,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  savae_flags.run(main)

@@ -8,6 +8,7 @@ from typing import Any, Dict
 
 from absl import app
 from absl import flags
+from absl import logging
 import keras
 
 from savae_tf import methods
@@ -217,3 +218,14 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int,
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   model.compile(optimizer=optimizer, auto_scale_loss=False)
   return model
+
+
+def run(main):
+  """absl's `app.run(main)` for a binary: TensorFlow's and absl's Python INFO logs (a line per
+  checkpoint shard, for one) are off unless --verbosity is given, so that what the binary prints
+  is what a user reads; warnings and errors stay."""
+  def quiet_main(argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    return main(argv)
+  app.run(quiet_main)

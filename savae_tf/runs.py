@@ -96,7 +96,7 @@ def train_and_test(model: SemiAmortizedVAE, vocabulary: Optional[Vocabulary], tr
     with cluster.lost_worker_as_error("training"):
       history = training.train(model, train_batches, epochs, run_dir, valid, checkpoint_every,
                                decay, on_best=lambda m: save_model(m, vocabulary, run_dir),
-                               verbose=1 if sys.stdout.isatty() else 2, resume_dir=model_dir)
+                               verbose=1 if sys.stdout.isatty() else 0, resume_dir=model_dir)
     if cluster.in_cluster():
       print("Variables checksum (the same on every worker): "
             + cluster.variables_checksum(model.variables + model.optimizer.variables), flush=True)

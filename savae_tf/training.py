@@ -4,6 +4,7 @@ and a clear stop when the loss turns NaN."""
 import dataclasses
 import json
 import os
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 import keras
@@ -149,16 +150,18 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
         manager.save(checkpoint_number=model.optimizer.iterations)
 
   tensorboard = keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))
+  progress = [_ProgressBar(epochs)] if verbose == 1 else []
   method_callbacks = method.callbacks(model, corpus)
   monitor = selection_metric(model)
   while int(state["epoch"].numpy()) < epochs:
     epoch, start = int(state["epoch"].numpy()), int(state["position"].numpy())
+    began = time.time()
     if start < len(corpus):
       try:
         fit_history = model.fit(corpus.dataset(epoch, start), initial_epoch=epoch,
                                 epochs=epoch + 1, verbose=verbose, shuffle=False,
                                 callbacks=[*method_callbacks, SaveEverySteps(start),
-                                           tensorboard])
+                                           tensorboard, *progress])
       except tf.errors.InvalidArgumentError as error:
         error = _non_finite(error)
         if isinstance(error, NonFiniteLossError):
@@ -183,6 +186,8 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
       with tf.summary.create_file_writer(os.path.join(model_dir, "logs", "validation")).as_default():
         for name, value in results.items():
           tf.summary.scalar(f"epoch_{name}", value, step=epoch)
+    print(epoch_line(entry, epochs, time.time() - began, start,
+                     improved and validation is not None), flush=True)
     method.after_epoch(model, results)
     if (model.pretrain_steps and not bool(state["pretrained"].numpy())
         and int(model.optimizer.iterations.numpy()) >= model.pretrain_steps):
@@ -210,6 +215,35 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
             f"{decay.stop_below}: stopping after epoch {epoch + 1}.", flush=True)
       break
   return history
+
+
+class _ProgressBar(keras.callbacks.ProgbarLogger):
+  """Keras' progress bar, its header saying the run's epochs ("Epoch 3/30", not Keras' "3/3" of
+  a `fit` that runs one epoch)."""
+
+  def __init__(self, epochs: int):
+    super().__init__()
+    self.total = epochs
+
+  def set_params(self, params):
+    super().set_params(params)
+    self.epochs = self.total
+
+
+def epoch_line(entry: Dict[str, float], epochs: int, seconds: float, start: int = 0,
+               best: bool = False) -> str:
+  """The one line an epoch prints: 'Epoch k/N (time): training metrics | validation metrics'."""
+  skip = ("epoch", "learning_rate", "step")
+  train = ", ".join(f"{name} {value:.3f}" for name, value in entry.items()
+                    if not name.startswith("val_") and name not in skip)
+  valid = ", ".join(f"{name[4:]} {value:.3f}" for name, value in entry.items()
+                    if name.startswith("val_"))
+  line = f"Epoch {entry['epoch']}/{epochs} ({seconds:.0f} s"
+  line += f", resumed at batch {start + 1})" if start else ")"
+  line += f": {train or 'no step left'}"
+  if valid:
+    line += f" | validation: {valid}" + (" (best so far)" if best else "")
+  return line
 
 
 STRATEGIES = ("default", "mirrored", "multi_worker")

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -125,6 +126,9 @@ def test_binary_runs(name, tmp_path, text_corpus, tiny_models):
   result = run_binary(name, args, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert expected in result.stdout
+  # No Python INFO log line (absl's format: I<mmdd> <time> <thread> <file>.py:<line>]).
+  assert not re.search(r"^I\d{4} \S+ +\d+ \S+\.py:\d+\]", result.stdout + result.stderr,
+                       re.MULTILINE), result.stderr[-3000:]
   SMOKE_CHECKS.get(name, lambda _: None)(tmp_path)
 
 

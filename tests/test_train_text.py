@@ -44,7 +44,14 @@ def whole_run(tmp_path_factory):
   write_text_corpus(directory / "data")
   result = run(RUN_ARGS + ["--model_dir=whole", "--export_dir=export"], directory)
   assert result.returncode == 0, result.stderr[-3000:]
+  (directory / "stdout.txt").write_text(result.stdout)
   return directory
+
+
+def test_each_epoch_prints_one_line_with_its_validation_metrics(whole_run):
+  lines = [l for l in (whole_run / "stdout.txt").read_text().splitlines() if l.startswith("Epoch")]
+  assert [l.split(" (")[0] for l in lines] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+  assert all("refined_nll_bound" in l and "| validation: " in l for l in lines)
 
 
 def kill_and_resume(args, directory, kill_between):

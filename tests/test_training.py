@@ -143,3 +143,21 @@ def test_resumable_training_names_step_epoch_and_batch_of_a_nan(tmp_path):
   corpus = text.BatchedCorpus([[2, 4, 5, 3]] * 8, batch_size=4, pad_id=0, seed=1)
   with pytest.raises(training.NonFiniteLossError, match=r"at step.*\(epoch 1, batch 1 of 2\)"):
     training.train(model, corpus, epochs=1, model_dir=str(tmp_path), verbose=0)
+
+
+def test_an_epoch_prints_one_line_with_training_and_validation_metrics():
+  entry = {"loss": 12.5, "kl": 0.25, "epoch": 2, "learning_rate": 1.0, "step": 44,
+           "val_nll_bound": 12.4, "val_active_units": 1.0}
+  assert training.epoch_line(entry, 30, 41.2, best=True) == (
+      "Epoch 2/30 (41 s): loss 12.500, kl 0.250 | validation: nll_bound 12.400, "
+      "active_units 1.000 (best so far)")
+  assert training.epoch_line({"epoch": 3, "loss": 1.0}, 3, 5, start=7) == (
+      "Epoch 3/3 (5 s, resumed at batch 8): loss 1.000")
+  assert training.epoch_line({"epoch": 3}, 3, 0, start=20).endswith(": no step left")
+
+
+def test_the_progress_bar_counts_the_runs_epochs(capsys):
+  bar = training._ProgressBar(30)  # pylint: disable=protected-access
+  bar.set_params({"verbose": 1, "epochs": 3, "steps": 2})  # what a one-epoch fit passes
+  bar.on_epoch_begin(2)
+  assert "Epoch 3/30" in capsys.readouterr().out
