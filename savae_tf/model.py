@@ -418,8 +418,8 @@ class SemiAmortizedVAE(keras.Model):
   def train_step(self, data):
     step = self.optimizer.iterations
     seed = tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 0]), step)
-    replica = tf.distribute.get_replica_context()
-    if replica is not None and replica.num_replicas_in_sync > 1:
+    replica, replicas = _replicas()
+    if replicas > 1:
       if "rows" in data:  # each example's noise as on one device (the corpora's datasets)
         total = tf.cast(svi.global_batch_size(tf.shape(data["rows"])[0]), tf.int32)
         seed = distributions.BatchRows(seed, data["rows"], total)
@@ -440,15 +440,13 @@ class SemiAmortizedVAE(keras.Model):
                         ["Training loss is not finite (NaN or Inf) at step", step, ":", loss])
     variables = self.method.trained_variables(self)
     grads = tape.gradient(objective, variables)
-    replica = tf.distribute.get_replica_context()
     clip = getattr(self.optimizer, "inner_optimizer", self.optimizer).global_clipnorm
-    if clip and replica is not None and replica.num_replicas_in_sync > 1:
+    if clip and replicas > 1:
       if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
         clip = clip * self.optimizer.dynamic_scale  # the gradients are still scaled
       # Keras clips each replica's share before summing them; the paper clips the whole batch's
       # gradient. Clip the sum here; each share is then at most clip / replicas, so the
       # optimizer's own clip never binds.
-      replicas = replica.num_replicas_in_sync
       grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, grads)
       grads = [tf.math.scalar_mul(1.0 / replicas, g)
                for g in tf.clip_by_global_norm(grads, clip)[0]]
