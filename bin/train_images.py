@@ -92,6 +92,7 @@ def build_model(image_shape, steps_per_epoch):
 def main(_):
   savae_flags.apply_preset(PRESETS)
   strategy = savae_flags.strategy()
+  savae_flags.claim_run_directory([sys.modules[__name__], savae_flags], strategy)
   savae_flags.set_precision_policy()
   keras.utils.set_random_seed(FLAGS.seed)
   try:

@@ -4,6 +4,7 @@ Names follow the paper's code where one exists. Binaries call the `define_*` fun
 before `app.run`.
 """
 
+import sys
 from typing import Any, Dict
 
 from absl import app
@@ -11,7 +12,9 @@ from absl import flags
 from absl import logging
 import keras
 
+from savae_tf import cluster
 from savae_tf import methods
+from savae_tf import runs
 from savae_tf import schedules
 from savae_tf import svi
 from savae_tf import training
@@ -110,6 +113,8 @@ def define_run_flags(presets):
                       required=True)
   flags.register_validator("model_dir", training.validate_model_dir,
                            message="--model_dir names an existing file; give a directory.")
+  flags.DEFINE_bool("overwrite", False, "If --model_dir holds a run with other flags, delete it "
+                    "and start afresh (without it, such a resume is refused).")
   flags.DEFINE_string("export_dir", None, "If set, the best model is exported there as a "
                       "SavedModel (<export_dir>/<version>).")
   flags.DEFINE_enum("strategy", "default", training.STRATEGIES,
@@ -118,6 +123,30 @@ def define_run_flags(presets):
   flags.DEFINE_enum("preset", None, list(presets), "The paper's recipe in one word; flags given "
                     "explicitly still win.")
   define_precision_flag()
+
+
+# What a resumed run may change: how long it trains, where it writes, how it is distributed or
+# read (the same batches either way), and what its test reports. Every other flag defines the run.
+RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "export_dir", "model_dir",
+                               "overwrite", "num_samples", "test_svi_steps", "strategy",
+                               "streaming"})
+
+
+def claim_run_directory(modules, strategy):
+  """`runs.claim_run_directory` for --model_dir with the defining flags of `modules` (the binary
+  and this one), and --export_dir checked writable: call it before loading data, inside nothing
+  (`strategy` says which worker writes run.json). Any refusal is a usage error."""
+  f = flags.FLAGS
+  defining = {name: value for name, value in training.flag_values(f, modules).items()
+              if name not in RESUMABLE_CHANGES}
+  with strategy.scope():
+    chief = cluster.is_chief()
+  try:
+    runs.claim_run_directory(f.model_dir, defining, f.overwrite, write=chief)
+    if f.export_dir:
+      runs.ensure_writable(f.export_dir, "--export_dir")
+  except runs.RunDirectoryError as error:
+    raise app.UsageError(str(error)) from None
 
 
 def strategy():
@@ -223,9 +252,14 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int,
 def run(main):
   """absl's `app.run(main)` for a binary: TensorFlow's and absl's Python INFO logs (a line per
   checkpoint shard, for one) are off unless --verbosity is given, so that what the binary prints
-  is what a user reads; warnings and errors stay."""
+  is what a user reads; warnings and errors stay. A usage error is its message and one line
+  pointing at --help (absl would print the whole help before it)."""
   def quiet_main(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
-    return main(argv)
+    try:
+      return main(argv)
+    except app.UsageError as error:
+      sys.stderr.write(f"error: {error}\nRun with --help to see the flags.\n")
+      sys.exit(error.exitcode)
   app.run(quiet_main)

@@ -4,11 +4,18 @@
     <model_dir>/vocab.json       the Vocabulary (text models only)
     <model_dir>/weights/model-*  a tf.train.Checkpoint of the model's variables
     <model_dir>/metrics.json     what the run measured (written by the binary)
+    <model_dir>/run.json         the flags that define the run's model, data and method
+
+A training binary claims its directory (`claim_run_directory`) before it loads any data, so a
+resume with other flags, a directory that holds something else, or one it cannot write is one
+clear error instead of a mixed history or a late traceback.
 """
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
@@ -24,7 +31,70 @@ from savae_tf.networks import image as _image  # noqa: F401  pylint: disable=unu
 from savae_tf.networks import synthetic as _synthetic  # noqa: F401  pylint: disable=unused-import
 from savae_tf.networks import text as _text  # noqa: F401  pylint: disable=unused-import
 
-CONFIG, VOCAB, WEIGHTS = "config.json", "vocab.json", "weights"
+CONFIG, VOCAB, WEIGHTS, RUN = "config.json", "vocab.json", "weights", "run.json"
+CHECKPOINTS = "checkpoints"
+
+
+class RunDirectoryError(ValueError):
+  """A directory cannot serve this run; the message says why and what to do instead."""
+
+
+def ensure_writable(path: str, name: str):
+  """Creates directory `path` if needed and checks that a file can be written in it; raises
+  RunDirectoryError naming `name` (the flag, say) otherwise."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as error:
+    raise RunDirectoryError(f"{name}={path} is not writable: {error.strerror or error}.") from None
+
+
+def claim_run_directory(model_dir: str, defining: Dict[str, Any], overwrite: bool = False,
+                        write: bool = True):
+  """Makes `model_dir` the directory of a run defined by the flags `defining` ({name: value}),
+  writing them to <model_dir>/run.json (when `write`: on a multi-worker cluster only the chief
+  writes, the others only check).
+
+  Claimed: a new or empty directory, or one whose run never checkpointed (a run stopped by bad
+  data, say; it starts afresh); resumed: a run with checkpoints and the same `defining` (or with
+  checkpoints from before run.json existed). Refused with a RunDirectoryError: a run with
+  checkpoints and other flags (the message names each differing flag with both values), unless
+  `overwrite`, which deletes it and starts afresh; a non-empty directory that is no run's
+  (`overwrite` never deletes what this library did not write); an unwritable directory.
+  """
+  defining = json.loads(json.dumps(defining))  # the values as run.json will hold them
+  recorded = _recorded_run(model_dir)
+  trained = bool(tf.io.gfile.glob(os.path.join(model_dir, CHECKPOINTS, "*")))
+  if trained and recorded is not None and recorded != defining:
+    if not overwrite:
+      differences = ", ".join(
+          f"--{name}={recorded.get(name)} (now {defining.get(name)})"
+          for name in sorted(set(recorded) | set(defining))
+          if recorded.get(name) != defining.get(name))
+      raise RunDirectoryError(
+          f"{model_dir} holds a run with other flags: {differences}. Resume it with its own "
+          "flags, give a new --model_dir, or add --overwrite to delete it and start afresh.")
+    shutil.rmtree(model_dir)
+  elif recorded is None and not trained and os.path.isdir(model_dir) and os.listdir(model_dir):
+    raise RunDirectoryError(
+        f"{model_dir} is not empty and holds no training run (no {RUN} or {CHECKPOINTS}/): give "
+        "a new or empty --model_dir.")
+  ensure_writable(model_dir, "--model_dir")
+  if write:
+    with open(os.path.join(model_dir, RUN), "w") as f:
+      json.dump(defining, f, indent=2, sort_keys=True)
+
+
+def _recorded_run(model_dir: str) -> Optional[Dict[str, Any]]:
+  path = os.path.join(model_dir, RUN)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as error:
+    raise RunDirectoryError(f"{path} cannot be read ({error}); give a new --model_dir.") from None
 
 
 def save_model(model: SemiAmortizedVAE, vocabulary: Optional[Vocabulary], model_dir: str) -> str:

@@ -1,5 +1,7 @@
-"""Tests for savae_tf.runs: a saved model directory loads back to the same model."""
+"""Tests for savae_tf.runs: a saved model directory loads back to the same model; a run
+directory refuses what would mix two runs."""
 
+import json
 
 import numpy as np
 import pytest
@@ -71,3 +73,63 @@ def test_an_image_model_loads_back_with_its_batch_norm_statistics(tmp_path):
     np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, err_msg=key)
   with pytest.raises(ValueError, match="without one"):
     runs.save_model(model, Vocabulary.build(["a"]), str(tmp_path / "other"))
+
+
+RUN = {"model": "savae", "dec_h_dim": 128, "svi_lr": None}
+
+
+def checkpointed(directory, flags=RUN):
+  """A run directory as a training binary leaves it after its first checkpoint."""
+  runs.claim_run_directory(str(directory), flags)
+  (directory / runs.CHECKPOINTS).mkdir()
+  (directory / runs.CHECKPOINTS / "ckpt-1.index").write_text("")
+
+
+def test_a_run_directory_resumes_only_with_the_flags_it_was_started_with(tmp_path):
+  run_dir = tmp_path / "run"
+  checkpointed(run_dir)
+  runs.claim_run_directory(str(run_dir), dict(RUN))  # the same run: resumed
+  with pytest.raises(runs.RunDirectoryError) as refused:
+    runs.claim_run_directory(str(run_dir), dict(RUN, model="vae", dec_h_dim=256))
+  message = str(refused.value)
+  assert "--dec_h_dim=128 (now 256)" in message and "--model=savae (now vae)" in message
+  assert "svi_lr" not in message and "--overwrite" in message
+  assert (run_dir / runs.CHECKPOINTS).is_dir()  # refused: nothing deleted
+  runs.claim_run_directory(str(run_dir), dict(RUN, model="vae"), overwrite=True)
+  assert not (run_dir / runs.CHECKPOINTS).exists()  # started afresh, with the new flags
+  assert json.loads((run_dir / runs.RUN).read_text())["model"] == "vae"
+
+
+def test_a_run_that_never_checkpointed_starts_afresh_with_new_flags(tmp_path):
+  runs.claim_run_directory(str(tmp_path / "run"), RUN)  # e.g. stopped by bad data
+  runs.claim_run_directory(str(tmp_path / "run"), dict(RUN, model="vae"))
+  assert json.loads((tmp_path / "run" / runs.RUN).read_text())["model"] == "vae"
+
+
+def test_checkpoints_from_before_run_json_resume_and_get_one(tmp_path):
+  (tmp_path / runs.CHECKPOINTS).mkdir()
+  (tmp_path / runs.CHECKPOINTS / "ckpt-1.index").write_text("")
+  runs.claim_run_directory(str(tmp_path), RUN)
+  assert json.loads((tmp_path / runs.RUN).read_text()) == RUN
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_unrelated_non_empty_directory_is_refused_and_kept(tmp_path, overwrite):
+  (tmp_path / "thesis.tex").write_text("precious")
+  with pytest.raises(runs.RunDirectoryError, match="not empty and holds no training run"):
+    runs.claim_run_directory(str(tmp_path), RUN, overwrite=overwrite)
+  assert (tmp_path / "thesis.tex").read_text() == "precious"
+  assert not (tmp_path / runs.RUN).exists()
+
+
+def test_an_unwritable_directory_is_named(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(runs.RunDirectoryError, match=r"--model_dir=.*a_file/run is not writable"):
+    runs.claim_run_directory(str(tmp_path / "a_file" / "run"), RUN)
+  with pytest.raises(runs.RunDirectoryError, match=r"--export_dir=.* is not writable"):
+    runs.ensure_writable(str(tmp_path / "a_file" / "export"), "--export_dir")
+
+
+def test_only_a_writer_records_the_flags(tmp_path):
+  runs.claim_run_directory(str(tmp_path / "run"), RUN, write=False)  # a cluster's other worker
+  assert not (tmp_path / "run" / runs.RUN).exists()

@@ -124,6 +124,35 @@ def test_a_changed_corpus_does_not_resume_into_an_old_vocabulary(tmp_path, whole
   assert "Traceback" not in second.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--model=vae", "--dec_h_dim=16", "--model_dir=run"],
+     "holds a run with other flags: --dec_h_dim=8 (now 16), --model=savae (now vae)"),
+    (["--model_dir=data"], "data is not empty and holds no training run"),
+    (["--model_dir=run", "--export_dir=data/train.txt/export"], "--export_dir=data/train.txt/export "
+     "is not writable"),
+])
+def test_a_run_that_would_mix_or_fail_is_refused_in_one_line_before_the_data(
+    tmp_path, whole_run, args, message):
+  shutil.copytree(whole_run / "whole", tmp_path / "run")
+  shutil.copytree(whole_run / "data", tmp_path / "data")
+  before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+  result = run(RUN_ARGS + args, tmp_path)
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and "data:" not in result.stdout
+  assert "Run with --help" in result.stderr and "--enc_h_dim" not in result.stderr  # no help dump
+  assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+
+
+def test_overwrite_starts_a_run_with_other_flags_afresh(tmp_path, whole_run):
+  shutil.copytree(whole_run / "whole", tmp_path / "run")
+  shutil.copytree(whole_run / "data", tmp_path / "data")
+  result = run(["--model=vae", "--epochs=1", "--model_dir=run", "--overwrite"], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Resuming" not in result.stdout
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["flags"]["model"] == "vae" and len(metrics["epochs"]) == 1
+
+
 @pytest.mark.parametrize("setup, message", [
     (lambda d: None, "does not exist"),
     (lambda d: (d.mkdir(), (d / "train.txt").write_text("a b\n"), (d / "val.txt").write_text(
