@@ -82,7 +82,8 @@ def define_training_flags(epochs: int, optimizer: str, learning_rate: float, war
                     "2019: --kl_cycles cycles over the whole run, beta rising from 0 to 1 over "
                     "the first --kl_cycle_rise of each).")
   flags.DEFINE_integer("warmup", warmup,
-                       "Linear KL warm-up in epochs (beta rises from 0.1 to 1); 0: beta = 1.",
+                       "Linear KL warm-up in epochs (beta rises from 0.1 and reaches 1 after 90% "
+                       "of it); 0: beta = 1.",
                        lower_bound=0)
   flags.DEFINE_float("beta", 1.0, "The constant KL weight of --kl_schedule=constant.",
                      lower_bound=0.0)

@@ -78,9 +78,9 @@ class SVIConfig:
     """The per-example refiner that evaluation uses for a model trained with these settings.
 
     batch_mean at step lr and clip c with batches of B moves each example by lr / B of its own
-    gradient, and its clip over the [B, latent] block binds only where one example's gradient
-    norm exceeds c * B: so lr / B and a per-example clip of c * B (equal when no clip binds).
-    """
+    gradient, and its clip over the [B, latent] block binds wherever one example's gradient norm
+    exceeds c * B (and may bind below that): so lr / B and a per-example clip of c * B, equal to
+    the batch_mean step wherever its block clip does not bind."""
     if self.step_scale == "per_example":
       return self
     return dataclasses.replace(

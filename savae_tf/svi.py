@@ -16,9 +16,11 @@ The step-size convention (`step_scale`) says what F and the clip are:
   batch_mean   F = (1 / B) sum_b f_b over the whole batch B (across tf.distribute replicas), and
                the clip takes one norm over the whole [B, latent] block: the paper's convention.
                Each example moves by lr / B of its own gradient. When no clip binds, batch_mean
-               at lr with a batch of B equals per_example at lr / B; with the clip, batch_mean's
-               norm c over the block never binds where per_example's norm c * B on each example
-               does not (`SVIConfig.per_example_equivalent` in savae_tf.model).
+               at lr with a batch of B equals per_example at lr / B. The block's norm is
+               sqrt(sum_b |g_b|^2) / B, so where an example's |g_b| exceeds c * B the block clip
+               binds too, but it may also bind with every example under c * B: per_example with
+               a clip of c * B (`SVIConfig.per_example_equivalent` in savae_tf.model) equals
+               batch_mean wherever the block clip does not bind.
 
 and lambda_K is returned. Gradients flow from lambda_K back to lambda_0 and to every variable f
 reads (theta), as reverse-mode differentiation of that recursion gives them. With adjoints
