@@ -6,9 +6,9 @@ writes <export_dir>/<version>/ (the next integer version unless --version is giv
 path.
 """
 
-import os
+from savae_tf import console
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+console.import_tensorflow_quietly()  # first: TensorFlow logs as it is imported
 
 from absl import app
 from absl import flags

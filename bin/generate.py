@@ -14,10 +14,11 @@ of the three prints instead the best of a beam search at its z (the most probabl
 beam finds, with its log-probability).
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from savae_tf import console
+
+console.import_tensorflow_quietly()  # first: TensorFlow logs as it is imported
 
 from absl import app
 from absl import flags

@@ -8,9 +8,9 @@ gradient of the refined bound with respect to lambda_0 and the decoder that `unr
   python bin/refine_demo.py --svi_steps=20 --svi_lr=0.5
 """
 
-import os
+from savae_tf import console
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+console.import_tensorflow_quietly()  # first: TensorFlow logs as it is imported
 
 from absl import flags
 import keras

@@ -12,10 +12,11 @@ the best model). Training images are binarized afresh every batch; validation an
 --binarize_seed.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from savae_tf import console
+
+console.import_tensorflow_quietly()  # first: TensorFlow logs as it is imported
 
 from absl import app
 from absl import flags

@@ -11,8 +11,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import keras
+import tensorflow as tf
 
 from savae_tf import cluster
+from savae_tf import console
 from savae_tf import methods
 from savae_tf import runs
 from savae_tf import schedules
@@ -154,7 +156,8 @@ def strategy():
   """The --strategy, made first thing in a binary's main: a multi-worker strategy must exist
   before TensorFlow runs anything (it configures its collectives at startup)."""
   try:
-    return training.make_strategy(flags.FLAGS.strategy)
+    with console.start_up_logs_hidden():  # a cluster's start-up logs a line per device
+      return training.make_strategy(flags.FLAGS.strategy)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
 
@@ -253,11 +256,16 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int,
 def run(main):
   """absl's `app.run(main)` for a binary: TensorFlow's and absl's Python INFO logs (a line per
   checkpoint shard, for one) are off unless --verbosity is given, so that what the binary prints
-  is what a user reads; warnings and errors stay. A usage error is its message and one line
-  pointing at --help (absl would print the whole help before it)."""
+  is what a user reads; warnings and errors stay, and TensorFlow's device start-up lines are
+  hidden as its import's are (`console`). A usage error is its message and one line pointing at
+  --help (absl would print the whole help before it)."""
   def quiet_main(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
+    if "strategy" not in flags.FLAGS or flags.FLAGS.strategy != "multi_worker":
+      # Starts the devices now (a cluster's strategy must come first: `strategy`).
+      with console.start_up_logs_hidden():
+        tf.config.list_logical_devices()
     try:
       return main(argv)
     except app.UsageError as error:

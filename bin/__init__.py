@@ -1,0 +1,1 @@
+"""The binaries, installed as a package so that the console commands (savae_tf.commands) can run them."""
