@@ -8,9 +8,10 @@ gradient of the refined bound with respect to lambda_0 and the decoder that `unr
   python bin/refine_demo.py --svi_steps=20 --svi_lr=0.5
 """
 
-from savae_tf import console
+import os
 
-console.import_tensorflow_quietly()  # first: TensorFlow logs as it is imported
+# TensorFlow's INFO and WARNING logs off (savae_tf hides the start-up lines that ignore it).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags
 import keras

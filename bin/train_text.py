@@ -14,9 +14,8 @@ import itertools
 import os
 import sys
 
-from savae_tf import console
-
-console.import_tensorflow_quietly()  # first: TensorFlow logs as it is imported
+# TensorFlow's INFO and WARNING logs off (savae_tf hides the start-up lines that ignore it).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app
 from absl import flags

@@ -1,11 +1,13 @@
-"""What the binaries print: TensorFlow's start-up logs hidden unless --verbosity asks for them.
+"""TensorFlow's start-up logs hidden when TF_CPP_MIN_LOG_LEVEL asks for it (the binaries set 2)
+and the command line has no --verbosity.
 
 TensorFlow 2.21 writes its C++ start-up lines (oneDNN, the CUDA probe, CPU features) to file
-descriptor 2 before its logging reads TF_CPP_MIN_LOG_LEVEL, so the variable cannot hide them
-(tensorflow/tensorflow#100442). The binaries therefore import TensorFlow, and create its devices,
-with file descriptor 2 sent to a temporary file, then pass on every line of it that is not one
-of those: anything else TensorFlow or Python printed meanwhile still reaches the user.
-Nothing here imports TensorFlow at module level.
+descriptor 2 before its logging reads TF_CPP_MIN_LOG_LEVEL, so the variable does not hide them
+(tensorflow/tensorflow#100442). So TensorFlow is imported, and its devices are started, with file
+descriptor 2 sent to a temporary file, and every line of it that is not one of those is passed on:
+anything else printed meanwhile still reaches the user. Should the import itself crash (a CPU
+TensorFlow's build cannot run on), its last words are in that file and are lost: run again with
+--verbosity to see them. Nothing here imports TensorFlow at module level.
 """
 
 import contextlib
@@ -24,10 +26,15 @@ _START_UP_NOISE = re.compile(
     r"|E\d{4} \d\d:\d\d:[\d.]+ +\d+ cuda_\w+\.cc:\d+\] failed call to cuInit)")
 
 
-def verbose_requested(argv=None) -> bool:
-  """Whether the command line asks for logs (--verbosity / -v), read before flags are parsed."""
-  return any(arg.startswith(("--verbosity", "-v=")) or arg == "-v"
-             for arg in (sys.argv if argv is None else argv)[1:])
+def hiding() -> bool:
+  """Whether start-up logs are hidden: TF_CPP_MIN_LOG_LEVEL is 2 or more (warnings off) and the
+  command line has no --verbosity / -v (read before flags are parsed)."""
+  try:
+    level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+  except ValueError:
+    return False
+  verbose = any(arg.startswith(("--verbosity", "-v=")) or arg == "-v" for arg in sys.argv[1:])
+  return level >= 2 and not verbose
 
 
 def is_start_up_noise(line: str) -> bool:
@@ -37,9 +44,9 @@ def is_start_up_noise(line: str) -> bool:
 @contextlib.contextmanager
 def start_up_logs_hidden():
   """Within the block, file descriptor 2 goes to a temporary file; at its end, every line that is
-  not TensorFlow's start-up noise is written to the real standard error. Does nothing when
-  --verbosity is on the command line."""
-  if verbose_requested():
+  not TensorFlow's start-up noise is written to the real standard error. Does nothing unless
+  `hiding()`."""
+  if not hiding():
     yield
     return
   sys.stderr.flush()
@@ -62,9 +69,10 @@ def start_up_logs_hidden():
 
 def import_tensorflow_quietly():
   """Imports TensorFlow and Keras and probes the GPUs (which logs; it does not start the
-  runtime, so a cluster's strategy can still be made) with their start-up lines hidden; call it
-  first thing in a binary."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  runtime, so a cluster's strategy can still be made), with their start-up lines hidden if
+  `hiding()`. Does nothing if TensorFlow is already imported."""
+  if "tensorflow" in sys.modules:
+    return
   with start_up_logs_hidden():
     # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
     import keras

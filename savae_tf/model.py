@@ -42,9 +42,11 @@ MODES = tuple(methods.METHODS)
 DEFAULT_SVI_LR = {"per_example": 0.003, "batch_mean": 1.0}
 
 
+@keras.saving.register_keras_serializable(package="savae_tf")
 @dataclasses.dataclass(frozen=True)
 class SVIConfig:
-  """The refiner's settings, shared by training and evaluation."""
+  """The refiner's settings, shared by training and evaluation. Keras-serializable (its config is
+  its fields), so a user's own Keras model can hold one."""
   steps: int = 20
   lr: Optional[float] = None  # None: DEFAULT_SVI_LR[step_scale]
   momentum: float = 0.5
@@ -73,6 +75,13 @@ class SVIConfig:
     if self.step_scale == "batch_mean" and not (self.batch_size and self.batch_size > 0):
       raise ValueError("step_scale 'batch_mean' needs the training batch_size (>= 1), which "
                        "sets the per-example step at evaluation.")
+
+  def get_config(self):
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)
 
   def per_example_equivalent(self) -> "SVIConfig":
     """The per-example refiner that evaluation uses for a model trained with these settings.
@@ -199,8 +208,21 @@ def _logs(results):
   return results
 
 
+@keras.saving.register_keras_serializable(package="savae_tf")
 class SemiAmortizedVAE(keras.Model):
-  """Encoder + decoder + refiner, trained by `mode` (see the module docstring)."""
+  """Encoder + decoder + refiner, trained by `mode` (see the module docstring).
+
+  Keras' own format: `model.save("m.keras")`, then `keras.saving.load_model("m.keras")` after
+  `import savae_tf` (which registers the classes the file names), gives back the networks'
+  weights (BatchNorm statistics too) and every setting of `get_config`. A model compiled before
+  saving is saved with its optimizer, configuration and state (iteration, moments), and loads
+  compiled: `evaluate` runs at once and `fit` continues as the saved model would have (the
+  training noise is keyed by the optimizer's iteration). An uncompiled one loads uncompiled and
+  needs `compile()` first. Not in the file: the run state that `savae_tf.training.train` keeps in
+  its checkpoints (epoch, best validation value, whether the learning rate decays, the aggressive
+  method's phase and encoder optimizer). The binaries save with `savae_tf.runs` instead
+  (config.json, vocabulary, a checkpoint of the networks), which their other tools read.
+  """
 
   def __init__(self, decoder, encoder=None, mode: str = "savae", latent_dim: int = 32,
                svi_config: SVIConfig = SVIConfig(), test_svi_steps: Optional[int] = None,
@@ -268,13 +290,15 @@ class SemiAmortizedVAE(keras.Model):
     self.built = True
 
   def get_config(self):
+    # The refiner's and the schedule's configs are inlined, as config.json (`savae_tf.runs`) has
+    # always stored them.
     serialize = keras.saving.serialize_keras_object
     return {"decoder": serialize(self.decoder),
             "encoder": None if self.encoder is None else serialize(self.encoder),
             "mode": self.mode, "latent_dim": self.latent_dim,
-            "svi_config": dataclasses.asdict(self.svi_config),
+            "svi_config": self.svi_config.get_config(),
             "test_svi_steps": self.test_svi_steps,
-            "kl_schedule": schedules.to_config(self.kl_schedule), "free_bits": self.free_bits,
+            "kl_schedule": self.kl_schedule.get_config(), "free_bits": self.free_bits,
             "pretrain_steps": self.pretrain_steps,
             "eval_num_samples": self.eval_num_samples,
             "active_unit_threshold": self.active_unit_threshold, "seed": self.seed}
@@ -285,11 +309,11 @@ class SemiAmortizedVAE(keras.Model):
     deserialize = keras.saving.deserialize_keras_object
     config["decoder"] = deserialize(config["decoder"])
     config["encoder"] = config["encoder"] and deserialize(config["encoder"])
-    config["svi_config"] = SVIConfig(**config["svi_config"])
+    config["svi_config"] = SVIConfig.from_config(config["svi_config"])
     if "kl_warmup_steps" in config:  # saved before schedules: a linear warm-up, or none
       warmup, start = config.pop("kl_warmup_steps"), config.pop("kl_start", 0.1)
       config["kl_schedule"] = (schedules.Linear(warmup, start) if warmup
-                               else schedules.to_config(schedules.Constant()))
+                               else schedules.Constant())
     if isinstance(config.get("kl_schedule"), dict):
       config["kl_schedule"] = schedules.from_config(config["kl_schedule"])
     return cls(**config)

@@ -26,10 +26,6 @@ from savae_tf.evaluate import evaluate
 
 from savae_tf.data.text import Vocabulary
 from savae_tf.model import SemiAmortizedVAE
-# Imported for their side effect: registering the layer classes that configs name.
-from savae_tf.networks import image as _image  # noqa: F401  pylint: disable=unused-import
-from savae_tf.networks import synthetic as _synthetic  # noqa: F401  pylint: disable=unused-import
-from savae_tf.networks import text as _text  # noqa: F401  pylint: disable=unused-import
 
 CONFIG, VOCAB, WEIGHTS, RUN = "config.json", "vocab.json", "weights", "run.json"
 CHECKPOINTS = "checkpoints"

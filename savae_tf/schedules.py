@@ -11,17 +11,36 @@ evaluation always uses beta = 1.
              stays at 1 for the rest. At position tau in [0, 1) of its cycle,
              beta_t = min(1, tau / rise).
 
-A schedule is a frozen dataclass (its config is `to_config`), callable on the int step tensor.
+A schedule is a frozen dataclass, callable on the int step tensor, and Keras-serializable: its
+config (`get_config`) is its name and fields, which `from_config` reads back.
 """
 
 import dataclasses
 from typing import Any, ClassVar, Dict
 
+import keras
 import tensorflow as tf
 
 
+class Schedule:
+  """What the schedules share: their config."""
+  name: ClassVar[str]
+
+  def get_config(self) -> Dict[str, Any]:
+    return {"name": self.name, **dataclasses.asdict(self)}
+
+  @classmethod
+  def from_config(cls, config: Dict[str, Any]):
+    fields = dict(config)
+    name = fields.pop("name", cls.name)
+    if name != cls.name:
+      raise ValueError(f"A {cls.name!r} KL schedule cannot load the config of {name!r}.")
+    return cls(**fields)
+
+
+@keras.saving.register_keras_serializable(package="savae_tf")
 @dataclasses.dataclass(frozen=True)
-class Constant:
+class Constant(Schedule):
   name: ClassVar[str] = "constant"
   beta: float = 1.0
 
@@ -34,8 +53,9 @@ class Constant:
     return tf.constant(self.beta, tf.float32)
 
 
+@keras.saving.register_keras_serializable(package="savae_tf")
 @dataclasses.dataclass(frozen=True)
-class Linear:
+class Linear(Schedule):
   name: ClassVar[str] = "linear"
   warmup_steps: int
   start: float = 0.1
@@ -49,8 +69,9 @@ class Linear:
     return tf.minimum(1.0, self.start + t / float(self.warmup_steps))
 
 
+@keras.saving.register_keras_serializable(package="savae_tf")
 @dataclasses.dataclass(frozen=True)
-class Cyclical:
+class Cyclical(Schedule):
   name: ClassVar[str] = "cyclical"
   total_steps: int
   cycles: int = 4
@@ -72,13 +93,9 @@ class Cyclical:
 SCHEDULES = {schedule.name: schedule for schedule in (Constant, Linear, Cyclical)}
 
 
-def to_config(schedule) -> Dict[str, Any]:
-  return {"name": schedule.name, **dataclasses.asdict(schedule)}
-
-
-def from_config(config: Dict[str, Any]):
-  config = dict(config)
-  name = config.pop("name")
+def from_config(config: Dict[str, Any]) -> Schedule:
+  """The schedule of any `Schedule.get_config`, by its name."""
+  name = config["name"]
   if name not in SCHEDULES:
     raise ValueError(f"Unknown KL schedule {name!r}; expected one of {sorted(SCHEDULES)}.")
-  return SCHEDULES[name](**config)
+  return SCHEDULES[name].from_config(config)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from savae_tf.networks.image import PAPER_KERNEL_SIZES, GatedPixelCNN, ResNetEncoder
+from savae_tf.networks.image import (PAPER_KERNEL_SIZES, GatedMaskedLayer, GatedPixelCNN,
+                                     ResNetEncoder, ResidualBlock)
 
 
 def pixel_jacobian(decoder, images, z):
@@ -117,6 +118,14 @@ def test_config_round_trip_gives_the_same_function(cls, kwargs):
   else:
     z = tf.random.normal([2, 3]) if kwargs["latent_dim"] else None
     np.testing.assert_allclose(clone(images, z), layer(images, z), rtol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [
+    GatedMaskedLayer(3, 4, 2, first=True), ResidualBlock(4, 2, synchronized=True)])
+def test_the_sublayers_are_keras_serializable(layer):
+  clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+  assert type(clone) is type(layer) and clone.get_config() == layer.get_config()
+  assert [v.shape for v in clone.weights] == [v.shape for v in layer.weights]
 
 
 def test_every_variable_is_in_a_checkpoint(tmp_path):

@@ -1,5 +1,6 @@
 """Tests for savae_tf.schedules: beta at chosen steps, configs, bad settings."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -34,7 +35,10 @@ def test_cyclical_rises_over_the_first_part_of_each_cycle_then_holds_1():
 @pytest.mark.parametrize("schedule", [schedules.Constant(0.5), schedules.Linear(7, 0.2),
                                       schedules.Cyclical(40, 3, 0.25)])
 def test_a_config_round_trip_gives_the_same_schedule(schedule):
-  assert schedules.from_config(schedules.to_config(schedule)) == schedule
+  assert schedules.from_config(schedule.get_config()) == schedule
+  # Registered with Keras, so a user's model that holds one serializes it.
+  serialized = keras.saving.serialize_keras_object(schedule)
+  assert keras.saving.deserialize_keras_object(serialized) == schedule
 
 
 @pytest.mark.parametrize("make, message", [
@@ -43,6 +47,8 @@ def test_a_config_round_trip_gives_the_same_schedule(schedule):
     (lambda: schedules.Cyclical(3, cycles=4), "cycles <= total_steps"),
     (lambda: schedules.Cyclical(10, rise=0.0), r"\(0, 1\]"),
     (lambda: schedules.from_config({"name": "sigmoid"}), "Unknown KL schedule 'sigmoid'"),
+    (lambda: schedules.Linear.from_config({"name": "constant", "beta": 1.0}),
+     "'linear' KL schedule cannot load the config of 'constant'"),
 ])
 def test_bad_settings_are_named(make, message):
   with pytest.raises(ValueError, match=message):

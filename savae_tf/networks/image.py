@@ -133,12 +133,14 @@ class GatedPixelCNN(keras.layers.Layer):
     return self.logits(self.prepare(images), z)
 
 
+@keras.saving.register_keras_serializable(package="savae_tf")
 class GatedMaskedLayer(keras.layers.Layer):
   """One gated masked layer: (vertical, horizontal) stacks in, the next layer's stacks out."""
 
   def __init__(self, kernel_size, channels, in_channels, first, **kwargs):
     super().__init__(**kwargs)
     self.kernel_size, self.first = kernel_size, first
+    self.channels, self.in_channels = channels, in_channels
     k = kernel_size
     policy = self.dtype_policy
     self.vertical = _conv(2 * channels, (k // 2 + 1, k), in_channels, dtype=policy)
@@ -146,6 +148,10 @@ class GatedMaskedLayer(keras.layers.Layer):
     self.horizontal = _conv(2 * channels, (1, k // 2 + 1), in_channels, dtype=policy)
     self.horizontal_out = _conv(channels, 1, channels, dtype=policy)
     self.built = True
+
+  def get_config(self):
+    return {**super().get_config(), "kernel_size": self.kernel_size, "channels": self.channels,
+            "in_channels": self.in_channels, "first": self.first}
 
   def call(self, vertical, horizontal):
     pad = self.kernel_size // 2
@@ -157,6 +163,7 @@ class GatedMaskedLayer(keras.layers.Layer):
     return _gate(v), h if self.first else h + horizontal
 
 
+@keras.saving.register_keras_serializable(package="savae_tf")
 class ResidualBlock(keras.layers.Layer):
   """relu(BN(conv3x3(relu(BN(conv3x3(x))))) + skip(x)); skip is a 1x1 conv when channels change.
 
@@ -166,6 +173,7 @@ class ResidualBlock(keras.layers.Layer):
 
   def __init__(self, channels, in_channels, synchronized=False, **kwargs):
     super().__init__(**kwargs)
+    self.channels, self.in_channels, self.synchronized = channels, in_channels, synchronized
     policy = self.dtype_policy
     self.conv1 = _conv(channels, 3, in_channels, padding="same", dtype=policy)
     self.conv2 = _conv(channels, 3, channels, padding="same", dtype=policy)
@@ -177,6 +185,10 @@ class ResidualBlock(keras.layers.Layer):
     self.skip = (_conv(channels, 1, in_channels, dtype=policy) if in_channels != channels
                  else None)
     self.built = True
+
+  def get_config(self):
+    return {**super().get_config(), "channels": self.channels, "in_channels": self.in_channels,
+            "synchronized": self.synchronized}
 
   def call(self, x, training=False):
     y = tf.nn.relu(self.norm1(self.conv1(x), training=training))

@@ -20,6 +20,7 @@ import tensorflow as tf
 from savae_tf import distributions
 
 
+@keras.saving.register_keras_serializable(package="savae_tf")
 class LinearGaussian(keras.layers.Layer):
   """p(x | z) = N(W z + b, sigma^2 I): a decoder with an exact marginal likelihood."""
 
