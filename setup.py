@@ -8,11 +8,11 @@ setuptools.setup(
     description="Semi-Amortized Variational Autoencoders (Kim et al., ICML 2018) in TensorFlow",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    # bin/ is installed as the package savae_tf_bin, which the console commands run.
+    # bin/ is installed as the package savae_tf_bin, whose functions are the console commands.
     packages=setuptools.find_packages(include=["savae_tf", "savae_tf.*"]) + ["savae_tf_bin"],
     package_dir={"savae_tf_bin": "bin"},
     entry_points={"console_scripts": [
-        f"{command} = savae_tf.commands:{function}" for command, function in [
+        f"{command} = savae_tf_bin:{function}" for command, function in [
             ("savae-train-text", "train_text"), ("savae-train-images", "train_images"),
             ("savae-train-synthetic", "train_synthetic"), ("savae-evaluate", "evaluate"),
             ("savae-generate", "generate"), ("savae-export", "export")]]},

@@ -14,8 +14,10 @@ import os
 import sys
 import time
 
-# TensorFlow's INFO and WARNING logs off (savae_tf hides the start-up lines that ignore it).
+# TensorFlow's INFO and WARNING logs off; savae_tf, imported before TensorFlow, also hides the
+# start-up lines TensorFlow prints regardless (savae_tf.console).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import savae_tf  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
 
 from absl import app
 from absl import flags

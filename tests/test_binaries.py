@@ -1,9 +1,13 @@
 """Smoke tests: every script in bin/ runs with tiny flags and prints what it promises."""
 
+import importlib
+import importlib.metadata
+import inspect
 import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -94,7 +98,7 @@ def run_binary(name, args, tmp_path):
 
 
 def test_every_binary_has_a_smoke_test():
-  binaries = {path.name for path in (ROOT / "bin").glob("*.py")}
+  binaries = {path.name for path in (ROOT / "bin").glob("*.py") if not path.name.startswith("_")}
   assert binaries == set(SMOKE_RUNS), "add the new binary to SMOKE_RUNS"
 
 
@@ -126,10 +130,44 @@ def test_binary_runs(name, tmp_path, text_corpus, tiny_models):
   result = run_binary(name, args, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert expected in result.stdout
-  # No Python INFO log line (absl's format: I<mmdd> <time> <thread> <file>.py:<line>]).
-  assert not re.search(r"^I\d{4} \S+ +\d+ \S+\.py:\d+\]", result.stdout + result.stderr,
-                       re.MULTILINE), result.stderr[-3000:]
+  # No INFO or WARNING log line of Python's absl or TensorFlow's C++ (I<mmdd> <time> <thread>
+  # <file>:<line>]), nor absl's notice that precedes TensorFlow's start-up lines.
+  assert not re.search(r"^[IW]\d{4} \S+ +\d+ \S+:\d+\]|before absl::InitializeLog",
+                       result.stdout + result.stderr, re.MULTILINE), result.stderr[-3000:]
   SMOKE_CHECKS.get(name, lambda _: None)(tmp_path)
+
+
+# The console commands setup.py installs, and the binary each runs.
+COMMANDS = {"savae-train-text": "train_text", "savae-train-images": "train_images",
+            "savae-train-synthetic": "train_synthetic", "savae-evaluate": "evaluate",
+            "savae-generate": "generate", "savae-export": "export_savedmodel"}
+
+
+def test_pip_installs_a_console_command_per_binary():
+  installed = {entry.name: entry.value
+               for entry in importlib.metadata.entry_points(group="console_scripts")
+               if entry.value.startswith("savae_tf_bin")}
+  assert set(installed) == set(COMMANDS), "reinstall (pip install -e .) after editing setup.py"
+  for command, binary in COMMANDS.items():
+    module, function = installed[command].split(":")
+    runs = inspect.getsource(getattr(importlib.import_module(module), function))
+    assert f'"{binary}"' in runs, (command, runs)
+    assert (ROOT / "bin" / f"{binary}.py").is_file()
+    assert shutil.which(command, path=os.path.dirname(sys.executable)), command
+
+
+def test_a_console_command_runs_its_binary(tmp_path, tiny_models):
+  model_dir, _, _ = tiny_models
+  args = [f"--model={model_dir}", "--num=2", "--max_length=4", "--seed=7"]
+  command = shutil.which("savae-generate", path=os.path.dirname(sys.executable))
+  installed = subprocess.run([command, *args], cwd=tmp_path, capture_output=True, text=True,
+                             env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=600)
+  assert installed.returncode == 0, installed.stderr[-3000:]
+  assert installed.stdout == run_binary("generate.py", args, tmp_path).stdout
+  assert "InitializeLog" not in installed.stderr  # quiet like the binary
+  help_text = subprocess.run([command, "--helpshort"], capture_output=True, text=True,
+                             timeout=600).stdout
+  assert "--beam_size" in help_text  # the binary's own flags, as `python bin/generate.py`
 
 
 def test_generate_decodes_every_z_by_beam_search(tmp_path, tiny_models):
