@@ -2,7 +2,8 @@
 
 The contract (signatures, names, dtypes, edge cases) is written in export/README.md and held by
 tests/test_export.py and tests/test_export_images.py. `export(model, vocabulary, export_dir)`
-writes `<export_dir>/<version>/`.
+writes `<export_dir>/<version>/`: the signatures (for TF Serving) and, beside each, a one-dict
+endpoint `<name>_dict` (for Keras' `TFSMLayer`).
 """
 
 import os
@@ -22,6 +23,20 @@ _STRINGS = tf.TensorSpec([None], tf.string, name="sentences")
 _IMAGES = tf.TensorSpec(None, tf.float32, name="images")
 _INT = lambda name: tf.TensorSpec([], tf.int32, name=name)  # noqa: E731
 _FLOAT = lambda name: tf.TensorSpec([], tf.float32, name=name)  # noqa: E731
+
+
+def _taking_one_dict(function):
+  """`function` (a tf.function with an input signature) called with one dict of its inputs."""
+  # The concrete function names every input as its signature does: the TensorSpec's name, else
+  # the argument's. Tracing here costs nothing more: saving traces every signature anyway.
+  specs, _ = function.get_concrete_function().structured_input_signature
+  names = [spec.name for spec in specs]
+
+  @tf.function(input_signature=[{spec.name: spec for spec in specs}])
+  def call(inputs):
+    return function(*[inputs[name] for name in names])
+
+  return call
 
 
 def _check_steps(steps):
@@ -111,13 +126,27 @@ class ModelExport(tf.Module):
   def latent(self, z):  # decoders without a latent take no z
     return z if self.latent_dim else None
 
+  def functions(self):
+    """{signature name: its tf.function}, without the `serving_default` alias of `score`."""
+    return {"score": self.score, "encode": self.encode, "refine": self.refine,
+            "generate": self.generate, "sample": self.sample, "reconstruct": self.reconstruct,
+            **self.extra_signatures()}
+
   def signatures(self):
     """{name: concrete function}; in memory they take the same keyword inputs as when loaded."""
-    functions = {"score": self.score, "encode": self.encode, "refine": self.refine,
-                 "generate": self.generate, "sample": self.sample,
-                 "reconstruct": self.reconstruct, **self.extra_signatures()}
-    concrete = {name: f.get_concrete_function() for name, f in functions.items()}
+    concrete = {name: f.get_concrete_function() for name, f in self.functions().items()}
     return {"serving_default": concrete["score"], **concrete}
+
+  def add_dict_endpoints(self):
+    """Sets `<name>_dict` beside every signature: the same function taking one dict.
+
+    Keras' `TFSMLayer` calls its endpoint with a single input structure, which a signature's
+    several keyword arguments cannot take. Each one-dict endpoint is keyed exactly as its
+    signature's inputs, so a request is the same dict either way. `export` adds them: only a
+    saved module needs them.
+    """
+    for name, function in self.functions().items():
+      setattr(self, name + "_dict", _taking_one_dict(function))
 
 
 class TextModelExport(ModelExport):
@@ -290,6 +319,7 @@ def export(model: SemiAmortizedVAE, vocabulary: Optional[Vocabulary], export_dir
   path = os.path.join(export_dir, str(version or next_version(export_dir)))
   if os.path.exists(path):
     raise FileExistsError(f"{path} exists; export versions are never overwritten.")
+  module.add_dict_endpoints()
   tf.saved_model.save(module, path, signatures=module.signatures())
   return path
 

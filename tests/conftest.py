@@ -110,3 +110,19 @@ def assert_batch_invariant(tmp_path):
                                      err_msg=f"batch {c} of {len(batches[c])}, {name}")
 
   return check
+
+
+@pytest.fixture
+def keras_model_of():
+  """Factory: a keras.Model whose one layer is `TFSMLayer(path, call_endpoint=endpoint)`, with
+  one keras.Input per key of `example` (a dict of tensors): a scalar stays a scalar (the export's
+  `steps`, `seed`, ... are not batched), any other input gets an unknown batch size."""
+  import keras
+
+  def build(path, endpoint, example):
+    inputs = {key: keras.Input(batch_shape=(None, *value.shape[1:]) if value.shape.rank else (),
+                               dtype=value.dtype.name, name=key)
+              for key, value in example.items()}
+    return keras.Model(inputs, keras.layers.TFSMLayer(path, call_endpoint=endpoint)(inputs))
+
+  return build

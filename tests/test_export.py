@@ -21,6 +21,19 @@ SENTENCES = ["the cat sat on the mat", "a dog ran", "the mat"]
 CORPUS = SENTENCES + ["the dog sat", "a cat ran on the mat"]
 SIGNATURES = {"serving_default", "score", "encode", "refine", "generate", "sample", "reconstruct",
               "beam_search"}
+# Each signature's keyword inputs (the contract's names and dtypes).
+INPUTS = {
+    "score": {"sentences": "DT_STRING", "steps": "DT_INT32", "num_samples": "DT_INT32"},
+    "encode": {"sentences": "DT_STRING"},
+    "refine": {"sentences": "DT_STRING", "mean": "DT_FLOAT", "logvar": "DT_FLOAT",
+               "steps": "DT_INT32"},
+    "generate": {"z": "DT_FLOAT", "max_length": "DT_INT32", "temperature": "DT_FLOAT",
+                 "seed": "DT_INT32"},
+    "sample": {"num": "DT_INT32", "max_length": "DT_INT32", "temperature": "DT_FLOAT",
+               "seed": "DT_INT32"},
+    "reconstruct": {"sentences": "DT_STRING", "steps": "DT_INT32", "max_length": "DT_INT32"},
+    "beam_search": {"z": "DT_FLOAT", "max_length": "DT_INT32", "beam_size": "DT_INT32"},
+}
 
 
 def text_model(mode="savae"):
@@ -41,9 +54,14 @@ def text_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def text_signatures(text_export):
-  """The text export's signatures, loaded once per module (loading traces every function)."""
-  return tf.saved_model.load(text_export[2]).signatures
+def text_loaded(text_export):
+  """The text export, loaded once per module (loading traces every function)."""
+  return tf.saved_model.load(text_export[2])
+
+
+@pytest.fixture(scope="module")
+def text_signatures(text_loaded):
+  return text_loaded.signatures
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +126,21 @@ np.savez(sys.argv[2], **{f"{name}/{key}": value.numpy() for name, result in outp
 """
 
 
-def test_reloaded_in_a_fresh_process_matches_the_in_memory_model(text_export, tmp_path):
-  model, vocabulary, path = text_export
+@pytest.fixture(scope="module")
+def in_memory(text_export):
+  """`call_all` through the export's model built in memory, not saved."""
+  model, vocabulary, _ = text_export
+  return call_all(export.TextModelExport(model, vocabulary).signatures())
+
+
+def test_reloaded_in_a_fresh_process_matches_the_in_memory_model(text_export, in_memory,
+                                                                 tmp_path):
+  path = text_export[2]
   out = tmp_path / "outputs.npz"
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
   result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, path, str(out)], env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  module = export.TextModelExport(model, vocabulary)
-  in_memory = call_all(module.signatures())
   reloaded = np.load(out, allow_pickle=True)  # string outputs are object arrays
   assert {key.split("/")[0] for key in reloaded.files} == set(in_memory)
   for name, result in in_memory.items():
@@ -151,21 +175,9 @@ def test_saved_model_cli_shows_every_signature_with_its_dtypes(text_export):
       "reconstruct": {"sentences": "DT_STRING"},
       "beam_search": {"sentences": "DT_STRING", "tokens": "DT_INT32", "log_probs": "DT_FLOAT"},
   }
-  inputs = {
-      "score": {"sentences": "DT_STRING", "steps": "DT_INT32", "num_samples": "DT_INT32"},
-      "encode": {"sentences": "DT_STRING"},
-      "refine": {"sentences": "DT_STRING", "mean": "DT_FLOAT", "logvar": "DT_FLOAT",
-                 "steps": "DT_INT32"},
-      "generate": {"z": "DT_FLOAT", "max_length": "DT_INT32", "temperature": "DT_FLOAT",
-                   "seed": "DT_INT32"},
-      "sample": {"num": "DT_INT32", "max_length": "DT_INT32", "temperature": "DT_FLOAT",
-                 "seed": "DT_INT32"},
-      "reconstruct": {"sentences": "DT_STRING", "steps": "DT_INT32", "max_length": "DT_INT32"},
-      "beam_search": {"z": "DT_FLOAT", "max_length": "DT_INT32", "beam_size": "DT_INT32"},
-  }
   for name in expected:
     taken, returned = blocks[name].split("following input(s):")[1].split("following output(s):")
-    for kind, text, specs in (("inputs", taken, inputs), ("outputs", returned, expected)):
+    for kind, text, specs in (("inputs", taken, INPUTS), ("outputs", returned, expected)):
       listed = set(re.findall(kind + r"\['(\w+)'\]", text))
       assert listed == set(specs[name]), (name, kind, listed)
       for key, dtype in specs[name].items():
@@ -348,3 +360,36 @@ def test_unknown_and_long_sentences_do_not_change_their_batch_mates(text_export,
   _, _, path = text_export
   pool = SENTENCES + ["zebra okapi quagga", "<unk> <unk>", " ".join(CORPUS * 30)]
   assert_batch_invariant(path, pool, "sentences")
+
+
+def test_every_signature_is_unchanged_and_has_a_one_dict_endpoint(text_loaded):
+  signatures = text_loaded.signatures
+  assert set(signatures) == SIGNATURES
+  for name, inputs in INPUTS.items():
+    positional, keywords = signatures[name].structured_input_signature
+    assert positional == () and set(keywords) == set(inputs), name  # as TF Serving sees them
+    # The endpoint takes one dict of exactly the signature's inputs (names, dtypes, shapes).
+    endpoint = getattr(text_loaded, name + "_dict")
+    assert [f.structured_input_signature for f in endpoint.concrete_functions] == [
+        ((keywords,), {})], name
+  by_dict = {name: (lambda endpoint: lambda **inputs: endpoint(inputs))(
+      getattr(text_loaded, name + "_dict")) for name in INPUTS}
+  through_dicts, through_signatures = call_all(by_dict), call_all(signatures)
+  for name, outputs in through_signatures.items():
+    assert set(through_dicts[name]) == set(outputs), name
+    for key, value in outputs.items():
+      np.testing.assert_array_equal(through_dicts[name][key], value, err_msg=f"{name}/{key}")
+
+
+def test_a_keras_model_scores_through_tfsm_layer_as_the_signature_does(
+    text_export, text_signatures, in_memory, keras_model_of):
+  # `call_all`'s score inputs; steps and num_samples differ, so a wrong routing would show.
+  inputs = {"sentences": tf.constant(SENTENCES), "steps": tf.constant(4),
+            "num_samples": tf.constant(7)}
+  got = keras_model_of(text_export[2], "score_dict", inputs)(inputs)
+  signature = text_signatures["score"](**inputs)
+  assert set(got) == set(signature) == set(in_memory["score"])
+  for key, value in signature.items():
+    np.testing.assert_array_equal(got[key], value, err_msg=key)
+    np.testing.assert_allclose(got[key], in_memory["score"][key], rtol=1e-5, atol=1e-5,
+                               err_msg=key)

@@ -16,6 +16,10 @@ from savae_tf.networks.image import GatedPixelCNN, ResNetEncoder
 
 SIZE = 6
 SIGNATURES = {"serving_default", "score", "encode", "refine", "generate", "sample", "reconstruct"}
+# Each signature's keyword inputs (the contract's names).
+INPUTS = {"score": {"images", "steps", "num_samples"}, "encode": {"images"},
+          "refine": {"images", "mean", "logvar", "steps"}, "generate": {"z", "seed"},
+          "sample": {"num", "seed"}, "reconstruct": {"images", "steps", "seed"}}
 
 
 def image_model(mode="savae"):
@@ -43,9 +47,15 @@ def image_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def loaded(image_export):
-  """The export's signatures, loaded once (no code of ours runs in them)."""
-  return tf.saved_model.load(image_export[1]).signatures
+def loaded_module(image_export):
+  """The export, loaded once (no code of ours runs in it)."""
+  return tf.saved_model.load(image_export[1])
+
+
+@pytest.fixture(scope="module")
+def loaded(loaded_module):
+  """The export's signatures."""
+  return loaded_module.signatures
 
 
 CALL_ALL = """
@@ -81,14 +91,20 @@ np.savez(sys.argv[2], **{f"{name}/{key}": value.numpy() for name, result in outp
 """
 
 
-def test_reloaded_in_a_fresh_process_matches_the_in_memory_model(image_export, tmp_path):
-  model, path = image_export
+@pytest.fixture(scope="module")
+def in_memory(image_export):
+  """`call_all` through the export's model built in memory, not saved."""
+  return call_all(export.ImageModelExport(image_export[0]).signatures())
+
+
+def test_reloaded_in_a_fresh_process_matches_the_in_memory_model(image_export, in_memory,
+                                                                 tmp_path):
+  path = image_export[1]
   out = tmp_path / "outputs.npz"
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
   result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, path, str(out)], env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  in_memory = call_all(export.ImageModelExport(model).signatures())
   reloaded = np.load(out)
   assert {key.split("/")[0] for key in reloaded.files} == set(in_memory)
   for name, outputs in in_memory.items():
@@ -167,3 +183,30 @@ def test_an_image_gets_the_same_outputs_alone_and_in_any_batch(image_export,
   pool = np.concatenate([binary_images(6, seed=4), np.zeros((1, SIZE, SIZE, 1), np.float32),
                          np.ones((1, SIZE, SIZE, 1), np.float32)])
   assert_batch_invariant(path, pool, "images")
+
+
+def test_every_signature_is_unchanged_and_has_a_one_dict_endpoint(loaded_module):
+  signatures = loaded_module.signatures
+  assert set(signatures) == SIGNATURES
+  for name, inputs in INPUTS.items():
+    positional, keywords = signatures[name].structured_input_signature
+    assert positional == () and set(keywords) == inputs, name  # as TF Serving sees them
+    # The endpoint takes one dict of exactly the signature's inputs (names, dtypes, shapes).
+    endpoint = getattr(loaded_module, name + "_dict")
+    assert [f.structured_input_signature for f in endpoint.concrete_functions] == [
+        ((keywords,), {})], name
+  # Their outputs: tests/test_export.py calls every text endpoint (the same wrapper); here the
+  # Keras test below calls `score_dict`.
+
+
+def test_a_keras_model_scores_through_tfsm_layer_as_the_signature_does(
+    image_export, loaded, in_memory, keras_model_of):
+  # `call_all`'s score inputs; steps and num_samples differ, so a wrong routing would show.
+  inputs = {"images": tf.constant(IMAGES), "steps": tf.constant(4), "num_samples": tf.constant(7)}
+  got = keras_model_of(image_export[1], "score_dict", inputs)(inputs)
+  signature = loaded["score"](**inputs)
+  assert set(got) == set(signature) == set(in_memory["score"])
+  for key, value in signature.items():
+    np.testing.assert_array_equal(got[key], value, err_msg=key)
+    np.testing.assert_allclose(got[key], in_memory["score"][key], rtol=1e-5, atol=1e-6,
+                               err_msg=key)
