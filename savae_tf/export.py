@@ -6,10 +6,12 @@ writes `<export_dir>/<version>/`: the signatures (for TF Serving) and, beside ea
 endpoint `<name>_dict` (for Keras' `TFSMLayer`).
 """
 
+import logging
 import os
 import re
 from typing import Optional
 
+from absl import logging as absl_logging
 import tensorflow as tf
 
 from savae_tf import decoding
@@ -338,11 +340,25 @@ def takes_images(signatures) -> bool:
   return any(getattr(spec, "name", None) == "images" for spec in specs)
 
 
+class _UnsavedGradientWarnings(logging.Filter):
+  """Drops TensorFlow's warning, once per refinement function, that a loaded function has ops
+  with custom gradients: the signatures compute their own gradients inside and are called for
+  their outputs only."""
+
+  def filter(self, record):
+    return "with ops with unsaved custom gradients" not in record.getMessage()
+
+
 def load_signatures(path: str):
   """{name: function} of the contract's signatures, from a SavedModel directory or an export
   directory of versions (the newest; no code of ours runs), or from a model directory saved by
   `runs.save_model` (built in memory)."""
   path = latest_version(path)
   if tf.saved_model.contains_saved_model(path):
-    return tf.saved_model.load(path).signatures
+    quiet = _UnsavedGradientWarnings()
+    absl_logging.get_absl_logger().addFilter(quiet)  # where the loader logs it
+    try:
+      return tf.saved_model.load(path).signatures
+    finally:
+      absl_logging.get_absl_logger().removeFilter(quiet)
   return model_export(*runs.load_model(path)).signatures()
