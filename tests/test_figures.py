@@ -1,0 +1,76 @@
+"""Tests for savae_tf.figures: the PCA, the training curves and the written pictures."""
+
+import builtins
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from savae_tf import figures
+
+HISTORY = [{"epoch": 1, "loss": 30.0, "nll_bound": 29.0, "kl": 2.0, "val_nll_bound": 28.0,
+            "val_kl": 1.5, "val_mi": 0.5, "val_active_units": 2.0},
+           {"epoch": 2, "loss": 25.0, "nll_bound": 24.0, "kl": 3.0, "val_nll_bound": 26.0,
+            "val_kl": 2.5, "val_mi": 0.9, "val_active_units": 3.0}]
+
+
+def test_principal_components_find_the_axis_of_largest_variance():
+  rng = np.random.default_rng(0)
+  direction = np.array([3.0, 4.0, 0.0]) / 5.0
+  points = rng.normal(size=(500, 1)) * 10.0 * direction + rng.normal(size=(500, 3)) * 0.1 + 7.0
+  projected = figures.principal_components(points, 2)
+  assert projected.shape == (500, 2)
+  np.testing.assert_allclose(projected.mean(axis=0), 0.0, atol=1e-9)
+  first = projected[:, 0] / np.linalg.norm(projected[:, 0])
+  along = (points - points.mean(0)) @ direction
+  assert abs(first @ (along / np.linalg.norm(along))) > 0.999  # the first axis is `direction`
+  assert np.var(projected[:, 0]) > 100 * np.var(projected[:, 1])
+
+
+def test_training_curves_draw_a_panel_per_metric_kind_with_what_the_run_has():
+  figure = figures.training_curves(HISTORY, "savae")
+  titles = [ax.get_title() for ax in figure.axes]
+  assert titles == ["Bounds (nats per example)", "KL(q || p)", "Mutual information I(x; z)",
+                    "Active units"]
+  bounds = figure.axes[0]
+  assert [line.get_label() for line in bounds.get_lines()] == [
+      "training loss", "training -ELBO", "validation -ELBO"]  # no refined bound in this run
+  np.testing.assert_array_equal(bounds.get_lines()[2].get_ydata(), [28.0, 26.0])
+  assert all(ax.get_xlabel() == "epoch" for ax in figure.axes)
+  figures.pyplot().close(figure)
+  lm = figures.training_curves([{"epoch": 1, "loss": 5.0, "nll_bound": 5.0}])
+  assert [ax.get_title() for ax in lm.axes] == ["Bounds (nats per example)"]
+
+
+def test_a_figure_is_written_as_png_and_as_a_tensorboard_image(tmp_path):
+  path = figures.save(figures.training_curves(HISTORY), str(tmp_path / "p" / "curves.png"),
+                      log_dir=str(tmp_path / "logs"))
+  assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  events = list((tmp_path / "logs").glob("events.out.tfevents.*"))
+  tags = [value.tag for event in tf.compat.v1.train.summary_iterator(str(events[0]))
+          for value in event.summary.value]
+  assert tags == ["curves"]
+
+
+def test_without_matplotlib_the_message_says_how_to_install_it(monkeypatch, tmp_path):
+  real_import = builtins.__import__
+
+  def no_matplotlib(name, *args, **kwargs):
+    if name.startswith("matplotlib"):
+      raise ImportError(name)
+    return real_import(name, *args, **kwargs)
+  monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+  with pytest.raises(figures.MissingPlotting, match=r"pip install -e \.\[plots\]"):
+    figures.pyplot()
+  assert figures.write_training_curves(str(tmp_path), HISTORY) is None
+
+
+def test_posterior_means_are_plotted_on_labelled_principal_axes():
+  means = np.random.default_rng(1).normal(size=(50, 4)) * [5.0, 1.0, 0.1, 0.1]
+  figure = figures.posterior_means(means, "test set", colour_by=np.arange(50.0),
+                                   colour_label="length")
+  ax = figure.axes[0]
+  assert ax.get_title() == "test set" and "principal axis" in ax.get_xlabel()
+  share = float(ax.get_xlabel().split("(")[1].split("%")[0])
+  assert share > 80  # the first axis carries most of the variance (25 of ~26)
+  figures.pyplot().close(figure)
