@@ -75,7 +75,7 @@ def main(_):
                          "take images (export/README.md).")
   try:
     report = evaluate_sentences(signatures, sentences, FLAGS.batch_size, FLAGS.svi_steps,
-                                FLAGS.num_samples)
+                                FLAGS.num_samples, progress=f"{len(sentences)} sentences")
   except tf.errors.InvalidArgumentError as error:
     sys.exit(f"error: the model rejected the data: {export.error_message(error)}")
   saved_model = tf.saved_model.contains_saved_model(export.latest_version(FLAGS.model))

@@ -26,6 +26,7 @@ import keras
 
 from savae_tf import cluster
 from savae_tf import export
+from savae_tf import figures
 from savae_tf import flags as savae_flags
 from savae_tf import pictures
 from savae_tf import runs
@@ -127,9 +128,13 @@ def main(_):
     return
   if FLAGS.num_pictures:
     count = min(FLAGS.num_pictures, test.num_images)
-    paths = pictures.save_pictures(best, test.images[..., None], FLAGS.model_dir, count,
-                                   best.test_svi_steps, FLAGS.seed)
-    print("pictures: " + ", ".join(sorted(paths.values())))
+    print("drawing the pictures (pixel by pixel)", flush=True)
+    try:
+      paths = pictures.save_pictures(best, test.images[..., None], FLAGS.model_dir, count,
+                                     best.test_svi_steps, FLAGS.seed, progress=True)
+      print("pictures: " + ", ".join(sorted(paths.values())))
+    except figures.MissingPlotting as error:
+      print(f"pictures skipped: {error}")
   if FLAGS.export_dir:
     print(f"SavedModel written to {export.export(best, None, FLAGS.export_dir)}")
 

@@ -2,7 +2,8 @@
 
 The names are the project's: `nll_bound` (amortized -ELBO, nats per example),
 `refined_nll_bound` (after `svi_steps` test-time SVI steps), `kl`, `iw_nll` (importance-weighted,
-`num_samples` samples, proposal q at the refined posterior), `ppl`, `ppl_bound`, `mi` and
+`num_samples` samples, proposal q at the refined posterior for refining models, at the encoder's
+posterior otherwise), `ppl`, `ppl_bound`, `mi` and
 `active_units` (He et al. 2019's, of the encoder's posterior q(z | x; lambda_0)), and for refined
 models `refined_mi` and `refined_active_units` (the same of the refined posterior lambda_K, where
 the refiner's noise spreads the means). Evaluation uses KL weight 1, no dropout, and a stopped
@@ -14,8 +15,10 @@ depends on its example alone (per-example refinement, noise keyed by the example
 `active_units` are computed over the whole set, so the report does not depend on the batching.
 """
 
-from typing import Dict, Mapping, Optional, Sequence
+import sys
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -53,21 +56,40 @@ def report(rows: Mapping[str, np.ndarray], text: bool,
   return result
 
 
-def _gather(batches) -> Dict[str, np.ndarray]:
-  """Per-example rows of several scored batches, concatenated."""
+def _gather(batches, total: Optional[int] = None, progress: str = "") -> Dict[str, np.ndarray]:
+  """Per-example rows of several scored batches, concatenated; with a `progress` title and
+  `total` batches, a progress bar (rate and time left) on a terminal."""
+  bar = None
+  if progress and total and sys.stdout.isatty():
+    print(progress, flush=True)
+    bar = keras.utils.Progbar(total, unit_name="batch")
   rows = {}
   for batch in batches:
     for name, value in batch.items():
       rows.setdefault(name, []).append(np.asarray(value))
+    if bar is not None:
+      bar.add(1)
   return {name: np.concatenate(values) for name, values in rows.items()}
 
 
-def evaluate(model, dataset, svi_steps: Optional[int] = None,
-             num_samples: int = 500) -> Dict[str, float]:
+def _cardinality(dataset) -> Optional[int]:
+  count = int(dataset.cardinality())
+  return count if count >= 0 else None
+
+
+def evaluate(model, dataset, svi_steps: Optional[int] = None, num_samples: int = 500,
+             progress: str = "") -> Dict[str, float]:
   """The report of `model` (a SemiAmortizedVAE) on `dataset`, with test-time K `svi_steps`
   (default: the model's) and `num_samples` importance samples (0 skips `iw_nll`). Refining modes
   report `refined_nll_bound`, `refined_mi`, `refined_active_units` and use the refined posterior
-  for `iw_nll`."""
+  for `iw_nll`. A `progress` title shows a progress bar on a terminal."""
+  return evaluate_rows(model, dataset, svi_steps, num_samples, progress)[0]
+
+
+def evaluate_rows(model, dataset, svi_steps: Optional[int] = None, num_samples: int = 500,
+                  progress: str = "") -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
+  """`evaluate`'s report and the per-example rows it comes from (`report`'s input: the bounds,
+  and for a latent model the encoder's `mean0`, `logvar0` and the refined `mean`, `logvar`)."""
   if num_samples < 0:
     raise ValueError(f"num_samples must be >= 0 (0 skips iw_nll); got {num_samples}.")
   steps = model.test_svi_steps if svi_steps is None else svi_steps
@@ -82,25 +104,27 @@ def evaluate(model, dataset, svi_steps: Optional[int] = None,
       out.pop("refined_nll_bound")
     return {name: out[name] for name in names if name in out}
 
-  rows = _gather(score(data) for data in dataset)
+  rows = _gather((score(data) for data in dataset), _cardinality(dataset), progress)
   if not rows:
     raise ValueError("The evaluation data set is empty.")
   result = report(rows, model.decoder.data_kind == "text", model.active_unit_threshold)
   if num_samples:
     result["iw_num_samples"] = num_samples
   result["svi_steps"] = steps
-  return result
+  return result, rows
 
 
 def evaluate_sentences(signatures, sentences: Sequence[str], batch_size: int = 32,
                        svi_steps: int = 20, num_samples: int = 500,
-                       active_unit_threshold: float = 0.01) -> Dict[str, float]:
+                       active_unit_threshold: float = 0.01,
+                       progress: str = "") -> Dict[str, float]:
   """The report above for raw sentences, through the exported `score` signature (a loaded
   SavedModel's `signatures`, or `export.load_signatures` of a model directory).
 
   `refined_nll_bound` is reported for every model with a latent (a VAE is refined at test time
   too; `svi_steps=0` gives a VAE's training-binary numbers), and `ppl_bound` is computed from it.
-  `batch_size` changes only speed and memory, never a number.
+  `batch_size` changes only speed and memory, never a number. A `progress` title shows a
+  progress bar on a terminal.
   """
   if not sentences:
     raise ValueError("No sentences to evaluate.")
@@ -115,7 +139,7 @@ def evaluate_sentences(signatures, sentences: Sequence[str], batch_size: int = 3
       out["tokens"] = out.pop("num_tokens")
       yield out
 
-  rows = _gather(batches())
+  rows = _gather(batches(), -(-len(sentences) // batch_size), progress)
   result = report(rows, True, active_unit_threshold)
   result.update(num_sentences=len(sentences), num_tokens=int(np.sum(rows["tokens"])),
                 svi_steps=svi_steps, iw_num_samples=num_samples)

@@ -1,6 +1,7 @@
-"""Pictures of an image model, as PNG files and TensorBoard images.
+"""Pictures of an image model, as labelled PNG files and TensorBoard images.
 
-Three pictures (`model_pictures`), each a grid of binary images drawn pixel by pixel:
+Three pictures (`model_pictures`), each a grid of binary images drawn pixel by pixel, with a
+title and a caption per row:
   reconstructions  pairs of rows: test images, then images drawn from p(x | z) at their refined
                    posterior means (what the latent keeps of each image);
   samples          images drawn with z from the prior;
@@ -11,12 +12,15 @@ Three pictures (`model_pictures`), each a grid of binary images drawn pixel by p
 """
 
 import os
-from typing import Dict
+import sys
+from typing import Dict, List, NamedTuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from savae_tf import decoding
+from savae_tf import figures
 
 # Compiled: eagerly, each of the H x W decoder passes would pay Python overhead.
 _sample_images = tf.function(decoding.sample_images)
@@ -37,24 +41,31 @@ def grid(images, columns: int, border: int = 1) -> np.ndarray:
   return picture
 
 
-def write_png(path: str, picture: np.ndarray) -> str:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tf.io.write_file(path, tf.io.encode_png(picture))
-  return path
+class Picture(NamedTuple):
+  grid: np.ndarray  # uint8 [H, W, 1], `grid`'s tiling
+  title: str
+  rows: List[str]  # a caption per row of images
 
 
-def model_pictures(model, images, num: int = 8, svi_steps: int = 0,
-                   seed: int = 0) -> Dict[str, np.ndarray]:
-  """{name: picture} for an image SemiAmortizedVAE; `images` [count >= num, H, W, 1] binary."""
+def model_pictures(model, images, num: int = 8, svi_steps: int = 0, seed: int = 0,
+                   progress: bool = False) -> Dict[str, Picture]:
+  """{name: Picture} for an image SemiAmortizedVAE; `images` [count >= num, H, W, 1] binary.
+  With `progress`, a progress bar over the pictures on a terminal (each is H x W decoder
+  passes)."""
   decoder = model.decoder
   pixel_seed = tf.constant([seed, 0])
+  names = ["samples", "reconstructions", "traversal"] if model.latent_dim else ["samples"]
+  bar = (keras.utils.Progbar(len(names), unit_name="picture")
+         if progress and sys.stdout.isatty() else None)
   pictures = {}
-  if model.latent_dim:
-    prior_z = tf.random.stateless_normal([2 * num, model.latent_dim], [seed, 1])
-  else:
-    prior_z = None
+  prior_z = (tf.random.stateless_normal([2 * num, model.latent_dim], [seed, 1])
+             if model.latent_dim else None)
   drawn = _sample_images(decoder, prior_z, pixel_seed, 2 * num).samples
-  pictures["samples"] = grid(drawn, num)
+  pictures["samples"] = Picture(
+      grid(drawn, num), f"{model.mode}: samples, z from the prior" if model.latent_dim
+      else f"{model.mode}: samples", ["samples", "samples"])
+  if bar is not None:
+    bar.add(1)
   if not model.latent_dim:
     return pictures
   data = {"images": tf.constant(images[:num], tf.float32)}
@@ -62,7 +73,11 @@ def model_pictures(model, images, num: int = 8, svi_steps: int = 0,
   mean = model.refine_for_evaluation(data, mean, logvar, svi_steps).mean
   rebuilt = _sample_images(decoder, mean, pixel_seed).samples
   pairs = np.concatenate([data["images"].numpy(), rebuilt.numpy()])
-  pictures["reconstructions"] = grid(pairs, num)
+  pictures["reconstructions"] = Picture(
+      grid(pairs, num), f"{model.mode}: reconstructions",
+      ["test images", f"drawn at the posterior mean (K = {svi_steps})"])
+  if bar is not None:
+    bar.add(1)
 
   some = {"images": tf.constant(images[:512], tf.float32)}  # enough to rank the dimensions
   all_means = model.initial_params(model.observe(some))[0]
@@ -72,26 +87,36 @@ def model_pictures(model, images, num: int = 8, svi_steps: int = 0,
   for row, dim in enumerate(dims):
     z[row * num:(row + 1) * num, dim] = values
   swept = _sample_images(decoder, tf.constant(z), pixel_seed, shared_noise=True).samples
-  pictures["traversal"] = grid(swept, num)
+  pictures["traversal"] = Picture(
+      grid(swept, num), f"{model.mode}: latent traversal from the first image's posterior mean",
+      [f"z_{dim} from -3 to 3" for dim in dims])
+  if bar is not None:
+    bar.add(1)
   return pictures
 
 
-def enlarge(picture: np.ndarray, scale: int) -> np.ndarray:
-  """Each pixel as a scale x scale block: 28-pixel digits are too small to look at."""
-  return np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1)
+def labelled(picture: Picture, scale: float = 3.0):
+  """A matplotlib figure of `picture`: its grid at `scale` screen pixels per image pixel, its
+  title, and each row's caption beside the row."""
+  plt = figures.pyplot()
+  height, width = picture.grid.shape[:2]
+  figure, ax = plt.subplots(figsize=(width * scale / 100 + 2.4, height * scale / 100 + 0.6))
+  ax.imshow(picture.grid[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+  row_height = (height - 1) / len(picture.rows)
+  ax.set_yticks([row_height * (row + 0.5) for row in range(len(picture.rows))], picture.rows)
+  ax.set_xticks([])
+  ax.set_title(picture.title, fontsize="medium")
+  return figure
 
 
 def save_pictures(model, images, model_dir: str, num: int = 8, svi_steps: int = 0,
-                  seed: int = 0, scale: int = 3) -> Dict[str, str]:
-  """Writes `model_pictures`, enlarged `scale` times, to <model_dir>/pictures/<name>.png and to
-  TensorBoard (<model_dir>/logs/pictures); returns {name: PNG path}."""
-  pictures = {name: enlarge(picture, scale)
-              for name, picture in model_pictures(model, images, num, svi_steps, seed).items()}
-  paths = {}
-  writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "pictures"))
-  with writer.as_default():
-    for name, picture in pictures.items():
-      paths[name] = write_png(os.path.join(model_dir, "pictures", f"{name}.png"), picture)
-      tf.summary.image(name, picture[None], step=0)
-  writer.flush()
-  return paths
+                  seed: int = 0, progress: bool = False) -> Dict[str, str]:
+  """Writes `model_pictures`, `labelled`, to <model_dir>/pictures/<name>.png and to TensorBoard
+  (<model_dir>/logs/pictures); returns {name: PNG path}. Raises figures.MissingPlotting without
+  matplotlib (before drawing anything)."""
+  figures.pyplot()
+  made = model_pictures(model, images, num, svi_steps, seed, progress)
+  return {name: figures.save(labelled(picture), os.path.join(model_dir, "pictures",
+                                                              f"{name}.png"),
+                             os.path.join(model_dir, "logs", "pictures"), name)
+          for name, picture in made.items()}

@@ -21,8 +21,9 @@ from typing import Any, Dict, Optional, Tuple
 import tensorflow as tf
 
 from savae_tf import cluster
+from savae_tf import figures
 from savae_tf import training
-from savae_tf.evaluate import evaluate
+from savae_tf.evaluate import evaluate_rows
 
 from savae_tf.data.text import Vocabulary
 from savae_tf.model import SemiAmortizedVAE
@@ -152,7 +153,8 @@ def train_and_test(model: SemiAmortizedVAE, vocabulary: Optional[Vocabulary], tr
   """A training binary's whole run, resumable: `training.train` with the best validation model
   saved into `model_dir` as it improves, then that model's test metrics (`iw_nll` with
   `num_samples` samples) printed and written to <model_dir>/metrics.json with the run's flags and
-  every epoch. Returns the best model. On a multi-worker cluster every worker trains and writes
+  every epoch, and pictures: training curves after every epoch and the test set's posterior means
+  (`figures`). Returns the best model. On a multi-worker cluster every worker trains and writes
   the same, each into its `cluster.worker_directory`: only the chief's is `model_dir`, and only
   the chief tests and returns the model (the others return None). Raises
   training.NonFiniteLossError on a NaN loss, cluster.LostWorkerError when another worker stops."""
@@ -171,7 +173,27 @@ def train_and_test(model: SemiAmortizedVAE, vocabulary: Optional[Vocabulary], tr
     return None
   best, _ = load_model(model_dir)
   best.compile()
-  metrics = evaluate(best, test, num_samples=num_samples)
+  metrics, rows = evaluate_rows(best, test, num_samples=num_samples,
+                                progress=f"test: bounds and iw_nll ({num_samples} samples)")
   training.write_metrics(model_dir, {"flags": flag_values, "epochs": history, "test": metrics})
   print("test: " + ", ".join(f"{name} {value:.3f}" for name, value in sorted(metrics.items())))
+  if best.latent_dim:
+    _draw_posterior_means(rows, best, model_dir)
   return best
+
+
+def _draw_posterior_means(rows: Dict[str, Any], model: SemiAmortizedVAE, model_dir: str):
+  """<model_dir>/pictures/posterior_means.png: the test set's encoder means on their first two
+  principal axes, coloured by each example's tokens (text) or bound (images)."""
+  text = model.decoder.data_kind == "text"
+  try:
+    figure = figures.posterior_means(
+        rows["mean0"], f"{model.mode}: the test set's posterior means (encoder's q)",
+        rows["tokens"] if text else rows["nll_bound"],
+        "tokens in the sentence" if text else "-ELBO (nats)")
+    path = figures.save(figure, os.path.join(model_dir, "pictures", "posterior_means.png"),
+                        os.path.join(model_dir, "logs", "pictures"))
+  except figures.MissingPlotting as error:
+    print(f"pictures skipped: {error}")
+    return
+  print(f"pictures: {os.path.join(model_dir, 'pictures', 'training_curves.png')}, {path}")

@@ -176,7 +176,8 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
                  step=int(model.optimizer.iterations.numpy()))
     improved, results = True, {}
     if validation is not None:
-      results = evaluate.evaluate(model, validation, num_samples=0)
+      results = evaluate.evaluate(model, validation, num_samples=0,
+                                  progress="validation" if verbose == 1 else "")
       results.pop("svi_steps")
       entry.update({f"val_{name}": float(value) for name, value in results.items()})
       improved = entry[f"val_{monitor}"] < float(state["best"].numpy())
