@@ -43,7 +43,8 @@ flags.DEFINE_integer("interpolation_steps", 5, "Points on the line, ends include
 flags.DEFINE_integer("svi_steps", 20, "Refinement steps K before decoding.", lower_bound=0)
 flags.DEFINE_integer("score_samples", 500, "Importance samples for the inputs' iw_nll.",
                      lower_bound=1)
-flags.DEFINE_integer("max_length", 30, "Tokens to generate at most.", lower_bound=1)
+flags.DEFINE_integer("max_length", 0, "Tokens to generate at most; 0: the model's own (its "
+                     "training data's longest sentence).", lower_bound=0)
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature for prior samples; 0 is greedy.",
                    lower_bound=0.0)
 flags.DEFINE_integer("beam_size", 1, "Beam width; > 1 decodes every z by beam search instead of "

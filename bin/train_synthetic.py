@@ -76,7 +76,7 @@ def build_model(mode, generator_kind, oracle, steps_per_epoch):
     decoder = SyntheticGenerator(vocab_size=oracle.vocab_size, latent_dim=oracle.latent_dim)
   encoder = LSTMEncoder(oracle.vocab_size + 1, 100, 100, oracle.latent_dim)
   return savae_flags.model_from_flags(decoder, encoder, mode, oracle.latent_dim,
-                                      steps_per_epoch)
+                                      steps_per_epoch, synthetic.SEQUENCE_LENGTH)
 
 
 def reported_bound(mode, metrics):

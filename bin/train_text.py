@@ -122,7 +122,7 @@ def streamed_training_data():
                                           FLAGS.max_train_sentences)
 
 
-def build_model(vocabulary, steps_per_epoch):
+def build_model(vocabulary, train):
   init = FLAGS.init_scale or None
   encoder = LSTMEncoder(len(vocabulary), FLAGS.enc_word_dim, FLAGS.enc_h_dim, FLAGS.latent_dim,
                         init_scale=init)
@@ -130,8 +130,8 @@ def build_model(vocabulary, steps_per_epoch):
   decoder = LSTMDecoder(len(vocabulary), FLAGS.dec_word_dim, FLAGS.dec_h_dim, latent,
                         dropout=FLAGS.dropout, init_scale=init,
                         use_cudnn=savae_flags.decoder_use_cudnn(FLAGS.model))
-  return savae_flags.model_from_flags(decoder, encoder, FLAGS.model, FLAGS.latent_dim,
-                                      steps_per_epoch)
+  return savae_flags.model_from_flags(decoder, encoder, FLAGS.model, FLAGS.latent_dim, len(train),
+                                      generation_length=train.longest - 1)  # after <s>
 
 
 def main(_):
@@ -163,7 +163,7 @@ def main(_):
   print(f"data: {train.num_sentences} / {len(splits['valid'])} / {len(splits['test'])} "
         f"sentences, vocabulary {len(vocabulary)}, {len(train)} batches per epoch", flush=True)
   with strategy.scope():
-    model = build_model(vocabulary, len(train))
+    model = build_model(vocabulary, train)
   decay = training.LearningRateDecay(FLAGS.decay_from_epoch or None)
   try:
     best = runs.train_and_test(

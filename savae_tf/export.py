@@ -151,6 +151,10 @@ class ModelExport(tf.Module):
       setattr(self, name + "_dict", _taking_one_dict(function))
 
 
+# Generation's length for max_length 0 when a model recorded none (saved before it did).
+DEFAULT_GENERATION_LENGTH = 30
+
+
 class TextModelExport(ModelExport):
   """Sentences (whitespace-tokenized strings) in; the vocabulary travels as a lookup table."""
 
@@ -160,6 +164,8 @@ class TextModelExport(ModelExport):
         tf.lookup.KeyValueTensorInitializer(vocabulary.words, tf.range(len(vocabulary))), -1)
     self.unk, self.eos = vocabulary.unk_id, vocabulary.eos_id
     self.bos, self.pad = vocabulary.bos_id, vocabulary.pad_id
+    # What max_length 0 asks for: the training data's longest sequence, as the model recorded.
+    self.default_length = model.generation_length or DEFAULT_GENERATION_LENGTH
     super().__init__(model, _STRINGS, "savae_text_model")
     latent_spec = tf.TensorSpec([None, self.latent_dim], tf.float32)
 
@@ -185,7 +191,7 @@ class TextModelExport(ModelExport):
     @tf.function(input_signature=[latent_spec, _INT("max_length"), _INT("beam_size")])
     def beam_search(z, max_length, beam_size):
       beams = decoding.beam_search(self.model.decoder, self.latent(z), self.bos, self.eos,
-                                   max_length, beam_size, self.pad, tf.shape(z)[0])
+                                   self.length(max_length), beam_size, self.pad, tf.shape(z)[0])
       batch, length = tf.shape(beams.tokens)[0], tf.shape(beams.tokens)[2]
       sentences = self.spell(tf.reshape(beams.tokens, [-1, length]),
                              tf.reshape(beams.lengths, [-1]))
@@ -222,8 +228,14 @@ class TextModelExport(ModelExport):
   def score_outputs(self, out):
     return {**super().score_outputs(out), "num_tokens": out["tokens"]}
 
+  def length(self, max_length):
+    """`max_length`, or the model's own length where it is 0 (< 0 stays, for the check)."""
+    return tf.where(tf.equal(max_length, 0), self.default_length, max_length)
+
   def decode(self, z, max_length, temperature, seed, batch_size):
-    """Tokens drawn from p(x | z) and the sentences they spell (cut before `</s>`)."""
+    """Tokens drawn from p(x | z) and the sentences they spell (cut before `</s>`); max_length
+    0 is the model's own length (`length`)."""
+    max_length = self.length(max_length)
     decoded = decoding.decode(self.model.decoder, self.latent(z), self.bos, max_length,
                               temperature, tf.stack([seed, 0]), self.eos, self.pad, batch_size)
     return decoded, self.spell(decoded.tokens, decoded.lengths)

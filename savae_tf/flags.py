@@ -5,7 +5,7 @@ before `app.run`.
 """
 
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from absl import app
 from absl import flags
@@ -231,10 +231,11 @@ def _kl_schedule(steps_per_epoch: int):
   return schedules.Constant(f.beta if f.kl_schedule == "constant" else 1.0)
 
 
-def model_from_flags(decoder, encoder, mode: str, latent_dim: int,
-                     steps_per_epoch: int) -> SemiAmortizedVAE:
+def model_from_flags(decoder, encoder, mode: str, latent_dim: int, steps_per_epoch: int,
+                     generation_length: Optional[int] = None) -> SemiAmortizedVAE:
   """The training binaries' model: the refiner, warm-up, seed and optimizer from the shared
-  flags, compiled (build it inside the distribution strategy's scope)."""
+  flags, compiled (build it inside the distribution strategy's scope); `generation_length` as
+  `SemiAmortizedVAE` takes it (text)."""
   f = flags.FLAGS
   batch_mean = f.svi_step_scale == "batch_mean"
   svi_config = SVIConfig(steps=f.svi_steps, gradient=f.refine_gradient,
@@ -244,7 +245,7 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int,
                            svi_config=svi_config, test_svi_steps=f.test_svi_steps,
                            kl_schedule=kl_schedule(steps_per_epoch), free_bits=f.free_bits,
                            pretrain_steps=f.pretrain_epochs * steps_per_epoch,
-                           seed=f.seed)
+                           seed=f.seed, generation_length=generation_length)
   optimizer = training.make_optimizer(f.optimizer, f.learning_rate, f.max_grad_norm)
   if keras.mixed_precision.dtype_policy().name == "mixed_float16":
     # float16 gradients underflow unless the loss is scaled (dynamically, as Keras does).

@@ -227,8 +227,9 @@ class SemiAmortizedVAE(keras.Model):
   def __init__(self, decoder, encoder=None, mode: str = "savae", latent_dim: int = 32,
                svi_config: SVIConfig = SVIConfig(), test_svi_steps: Optional[int] = None,
                kl_schedule=schedules.Constant(), free_bits: float = 0.0,
-               pretrain_steps: int = 0, eval_num_samples: int = 0, active_unit_threshold: float = 0.01, seed: int = 3435,
-               **kwargs):
+               pretrain_steps: int = 0, eval_num_samples: int = 0,
+               active_unit_threshold: float = 0.01, seed: int = 3435,
+               generation_length: Optional[int] = None, **kwargs):
     """
     Args:
       decoder: a layer with `data_kind` ("text" or "images"), `floats_per_target`,
@@ -247,6 +248,9 @@ class SemiAmortizedVAE(keras.Model):
         (`reinitialize_decoder`) and keeps the encoder.
       test_svi_steps: K at evaluation (default: the training K).
       eval_num_samples: importance samples for `iw_nll` in `evaluate` (0: skip it).
+      generation_length: the longest training sequence, in tokens after the start token (text):
+        how many tokens generation draws unless told (`savae_tf.export`); a vocabulary without
+        `</s>` never stops earlier. None: not recorded.
 
     `evaluate` reports the per-example means (`nll_bound`, `refined_nll_bound`, `kl`, `iw_nll`)
     and `ppl_bound`/`ppl`; the data-set statistics `mi` and `active_units` need the whole set at
@@ -279,6 +283,7 @@ class SemiAmortizedVAE(keras.Model):
     self.eval_num_samples = eval_num_samples
     self.seed = seed
     self.active_unit_threshold = active_unit_threshold
+    self.generation_length = generation_length
     self.refines = self.method.refines
     names = ["loss", "nll_bound", "kl"] + (["refined_nll_bound"] if self.refines else [])
     self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
@@ -301,7 +306,8 @@ class SemiAmortizedVAE(keras.Model):
             "kl_schedule": self.kl_schedule.get_config(), "free_bits": self.free_bits,
             "pretrain_steps": self.pretrain_steps,
             "eval_num_samples": self.eval_num_samples,
-            "active_unit_threshold": self.active_unit_threshold, "seed": self.seed}
+            "active_unit_threshold": self.active_unit_threshold, "seed": self.seed,
+            "generation_length": self.generation_length}
 
   @classmethod
   def from_config(cls, config):

@@ -64,7 +64,8 @@ def tiny_model(tmp_path):
   from savae_tf.networks.synthetic import SyntheticGenerator
   from savae_tf.networks.text import LSTMEncoder
   model = SemiAmortizedVAE(SyntheticGenerator(1000, 4, 4, 8), LSTMEncoder(1001, 4, 4, 2),
-                           mode="savae", latent_dim=2, svi_config=SVIConfig(steps=2))
+                           mode="savae", latent_dim=2, svi_config=SVIConfig(steps=2),
+                           generation_length=synthetic.SEQUENCE_LENGTH)
   model_dir = runs.save_model(model, synthetic.vocabulary(), str(tmp_path / "model"))
   return model_dir, export.export(model, synthetic.vocabulary(), str(tmp_path / "saved"))
 
@@ -158,12 +159,14 @@ def test_pip_installs_a_console_command_per_binary():
 
 def test_a_console_command_runs_its_binary(tmp_path, tiny_models):
   model_dir, _, _ = tiny_models
-  args = [f"--model={model_dir}", "--num=2", "--max_length=4", "--seed=7"]
+  args = [f"--model={model_dir}", "--num=2", "--seed=7"]
   command = shutil.which("savae-generate", path=os.path.dirname(sys.executable))
   installed = subprocess.run([command, *args], cwd=tmp_path, capture_output=True, text=True,
                              env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=600)
   assert installed.returncode == 0, installed.stderr[-3000:]
   assert installed.stdout == run_binary("generate.py", args, tmp_path).stdout
+  # No --max_length: the model's own length (the oracle's 5 words; its vocabulary has no </s>).
+  assert [len(line.split()) for line in installed.stdout.splitlines()[1:]] == [5, 5]
   assert "InitializeLog" not in installed.stderr  # quiet like the binary
   help_text = subprocess.run([command, "--helpshort"], capture_output=True, text=True,
                              timeout=600).stdout

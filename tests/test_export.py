@@ -75,7 +75,8 @@ def trained_oracle_export(tmp_path_factory):
   keras.utils.set_random_seed(2)
   data = synthetic.make_synthetic_data(seed=7, num_train=256, num_valid=1, num_test=64)
   model = SemiAmortizedVAE(data.oracle, LSTMEncoder(1001, 16, 16, 2), mode="savae",
-                           latent_dim=2, svi_config=SVIConfig(steps=5))
+                           latent_dim=2, svi_config=SVIConfig(steps=5),
+                           generation_length=synthetic.SEQUENCE_LENGTH)
   model.compile(optimizer=keras.optimizers.Adam(1e-2))
   model.fit(synthetic.as_dataset(data.splits["train"], 32, shuffle_seed=0), epochs=2, verbose=0)
   vocabulary = synthetic.vocabulary()
@@ -313,6 +314,20 @@ def test_generation_stops_at_the_end_token_and_greedy_is_deterministic(text_expo
   greedy = [generate(z=z, max_length=tf.constant(12), temperature=tf.constant(0.0),
                      seed=tf.constant(seed))["tokens"].numpy() for seed in (1, 2)]
   np.testing.assert_array_equal(greedy[0], greedy[1])
+
+
+def test_max_length_zero_generates_the_model_s_own_length(oracle_signatures, text_signatures):
+  # The oracle's vocabulary has no </s>: every sentence is as long as the length asked for.
+  drawn = oracle_signatures["sample"](num=tf.constant(3), max_length=tf.constant(0),
+                                      temperature=tf.constant(1.0), seed=tf.constant(1))
+  assert [len(s.split()) for s in drawn["sentences"].numpy()] == [synthetic.SEQUENCE_LENGTH] * 3
+  beams = oracle_signatures["beam_search"](z=drawn["z"], max_length=tf.constant(0),
+                                           beam_size=tf.constant(2))
+  assert beams["tokens"].shape[-1] == synthetic.SEQUENCE_LENGTH
+  # A model that recorded no length draws the documented default.
+  out = text_signatures["generate"](z=tf.zeros([2, 3]), max_length=tf.constant(0),
+                                    temperature=tf.constant(0.0), seed=tf.constant(0))
+  assert out["tokens"].shape == (2, export.DEFAULT_GENERATION_LENGTH)
 
 
 def test_beam_search_ranks_its_sentences_and_a_beam_of_one_is_greedy(text_export,

@@ -289,7 +289,8 @@ class _SeededBatches:
 
 class BatchedCorpus(_SeededBatches):
   """An encoded corpus in memory, cut into equal-length batches (`length_batches`), visited in a
-  seeded random order per epoch."""
+  seeded random order per epoch. `longest`: the tokens of its longest sentence, specials
+  included."""
 
   def __init__(self, encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int,
                seed: Optional[int] = None):
@@ -297,6 +298,7 @@ class BatchedCorpus(_SeededBatches):
                    for index in length_batches([len(ids) for ids in encoded], batch_size)]
     self.seed = seed
     self.num_sentences = len(encoded)
+    self.longest = max(len(ids) for ids in encoded)
 
   def __len__(self):
     return len(self.padded)
@@ -312,7 +314,7 @@ class StreamingCorpus(_SeededBatches):
   One pass over the file keeps, per usable sentence, its line's byte offset and its encoded
   length (12 bytes, plus 8 for its place in a batch); each batch is read from the file (one seek
   per sentence), encoded and padded when the pipeline asks for it. `limit` > 0 keeps only the
-  first `limit` sentences (as slicing `read_sentences` would).
+  first `limit` sentences (as slicing `read_sentences` would). `longest` as `BatchedCorpus`'s.
   """
 
   def __init__(self, path: str, vocabulary: Vocabulary, batch_size: int,
@@ -334,6 +336,7 @@ class StreamingCorpus(_SeededBatches):
     self.offsets = np.frombuffer(offsets, np.int64)
     self.index = length_batches(np.frombuffer(lengths, np.int32), batch_size)
     self.num_sentences = len(self.offsets)
+    self.longest = max(lengths)
 
   def __len__(self):
     return len(self.index)
