@@ -14,7 +14,7 @@ depends on its example alone (per-example refinement, noise keyed by the example
 `active_units` are computed over the whole set, so the report does not depend on the batching.
 """
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -90,6 +90,21 @@ def evaluate(model, dataset, svi_steps: Optional[int] = None,
     result["iw_num_samples"] = num_samples
   result["svi_steps"] = steps
   return result
+
+
+def posteriors(model, dataset, svi_steps: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """(mean, logvar), each [N, latent], of the posterior `evaluate` reports on for every example
+  of `dataset`, with the same noise: refining modes' q(z; lambda_K) after K `svi_steps` (default:
+  the model's) from lambda_0 (the prior for svi), the encoder's q(z; lambda_0) otherwise."""
+  steps = model.test_svi_steps if svi_steps is None else svi_steps
+
+  @tf.function(input_signature=[dataset.element_spec])
+  def score(data):
+    out = model.score(data, tf.constant(steps), 0, refine=model.refines)
+    return {"mean": out["mean"], "logvar": out["logvar"]}
+
+  rows = _gather(score(data) for data in dataset)
+  return rows["mean"], rows["logvar"]
 
 
 def evaluate_sentences(signatures, sentences: Sequence[str], batch_size: int = 32,

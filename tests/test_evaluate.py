@@ -99,3 +99,19 @@ def test_mi_and_active_units_are_the_encoders_and_the_refined_ones_have_their_ow
   vae = SemiAmortizedVAE(model.decoder, model.encoder, mode="vae", latent_dim=2)
   assert {"mi", "active_units"} <= set(evaluate(vae, test, num_samples=0))
   assert not {"refined_mi", "refined_active_units"} & set(evaluate(vae, test, num_samples=0))
+
+
+def test_posteriors_are_the_encoders_or_the_refined_ones_whatever_the_batches(oracle_case):
+  import numpy as np
+  import tensorflow as tf
+  from savae_tf.evaluate import posteriors
+  model, test, _ = oracle_case
+  encoder = [model.initial_params(model.observe(batch)) for batch in test]
+  mean0, logvar0 = posteriors(model, test, svi_steps=0)
+  np.testing.assert_allclose(mean0, tf.concat([p.mean for p in encoder], 0), atol=1e-6)
+  np.testing.assert_allclose(logvar0, tf.concat([p.logvar for p in encoder], 0), atol=1e-6)
+  mean, logvar = posteriors(model, test)  # the model's K = 20
+  assert mean.shape == (64, 2) and np.abs(mean - mean0).max() > 0.01
+  again = posteriors(model, test.unbatch().batch(64))
+  np.testing.assert_allclose(again[0], mean, atol=1e-5)
+  np.testing.assert_allclose(again[1], logvar, atol=1e-5)
