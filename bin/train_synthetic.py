@@ -8,6 +8,15 @@ Prints each run's test metrics and, with --model=all, the table beside the paper
 the table's metrics.json into --model_dir and each trained model into --model_dir/<generator>-<model>
 (savae_tf/runs.py), and with --export_dir a SavedModel of each into
 --export_dir/<generator>-<model>/<version>. Assumptions about the oracle: savae_tf/data/synthetic.py.
+
+Then it draws (with matplotlib; without it, one line says why not) into --model_dir/pictures/, also
+as TensorBoard images in --model_dir/logs/pictures, and lists them in metrics.json ("pictures"):
+  posteriors-oracle.png       for the first test sequences, the true posterior p(z | x) of the
+                              oracle (quadrature) beside each oracle-generator model's q (the VAE's
+                              encoder's, SVI's and SA-VAE's after K steps); with a learned
+                              generator the truth would be that model's own, so none is drawn.
+  posterior_means-<kind>.png  each model's posterior means of the test set, a panel per model, over
+                              the true posterior means for the oracle generator.
 """
 
 import os
@@ -24,12 +33,13 @@ from absl import flags
 import keras
 
 from savae_tf import export
+from savae_tf import figures
 from savae_tf import flags as savae_flags
 from savae_tf import methods
 from savae_tf import runs
 from savae_tf import training
 from savae_tf.data import synthetic
-from savae_tf.evaluate import evaluate
+from savae_tf.evaluate import evaluate_rows
 from savae_tf.model import MODES
 from savae_tf.networks.synthetic import SyntheticGenerator
 from savae_tf.networks.text import LSTMEncoder
@@ -67,6 +77,11 @@ PAPER = {("vae", "oracle"): 21.77, ("vae", "learned"): 27.06, ("svi", "oracle"):
          ("svi", "learned"): 25.82, ("savae", "oracle"): 20.13, ("savae", "learned"): 25.21}
 PAPER_TRUE_NLL = 19.63
 EVAL_BATCH_SIZE = 250
+NAMES = {"vae": "VAE", "svi": "SVI", "savae": "SA-VAE"}
+PICTURED_SEQUENCES = 4  # panels of the posterior picture
+# Its grid over [-5, 5]^2, finer than the NLL's 41 points: the oracle's posteriors are a few
+# tenths wide, and four sequences cost little.
+PICTURE_GRID_SIZE = 121
 
 
 def build_model(mode, generator_kind, oracle, steps_per_epoch):
@@ -84,6 +99,43 @@ def reported_bound(mode, metrics):
   return metrics.get("refined_nll_bound", metrics["nll_bound"])
 
 
+def posterior_label(mode, model):
+  """Which model and which posterior: the encoder's q, or q_K after K refinement steps."""
+  name = NAMES.get(mode, mode)
+  if not model.refines:
+    return f"{name}: encoder's q"
+  return f"{name}: q_K, K = {model.test_svi_steps}"
+
+
+def draw_pictures(data, vocabulary, truth, approximations, model_dir):
+  """The pictures of the module docstring; returns their paths. `approximations`: {kind:
+  {label: (mean, logvar) of the test set}}."""
+  pictures_dir = os.path.join(model_dir, "pictures")
+  log_dir = os.path.join(model_dir, "logs", "pictures")
+  tokens = data.splits["test"]["tokens"]
+  paths = []
+  if "oracle" in approximations:
+    count = min(PICTURED_SEQUENCES, len(tokens))
+    posterior = synthetic.grid_posterior(data.oracle, tokens[:count], PICTURE_GRID_SIZE)
+    figure = figures.true_and_approximate_posteriors(
+        posterior.axis, posterior.density(),
+        [f"test sequence {i}: {vocabulary.decode(tokens[i])}" for i in range(count)],
+        {label: (mean[:count], logvar[:count])
+         for label, (mean, logvar) in approximations["oracle"].items()},
+        "Oracle generator (every model's decoder, so its posterior is the truth for each)")
+    paths.append(figures.save(figure, os.path.join(pictures_dir, "posteriors-oracle.png"),
+                              log_dir))
+  for kind, models in approximations.items():
+    figure = figures.aggregate_posterior_means(
+        {label: mean for label, (mean, _) in models.items()},
+        f"{kind.capitalize()} generator: posterior means of the {len(tokens)} test sequences"
+        + (" (grey: the oracle's true posterior means)" if kind == "oracle" else ""),
+        truth.posterior_mean if kind == "oracle" else None)
+    paths.append(figures.save(figure, os.path.join(pictures_dir, f"posterior_means-{kind}.png"),
+                              log_dir))
+  return paths
+
+
 def main(_):
   keras.utils.set_random_seed(FLAGS.seed)
   data = synthetic.make_synthetic_data(FLAGS.seed, num_train=FLAGS.num_train,
@@ -92,12 +144,18 @@ def main(_):
     print(f"\rtrue NLL by quadrature: {done}/{total} test sequences", end="", file=sys.stderr,
           flush=True)
 
-  truth, quadrature_error = synthetic.cached_true_nll(
+  truth = synthetic.cached_truth(
       data.oracle, data.splits["test"]["tokens"],
       os.path.join(FLAGS.model_dir, f"true_nll-seed{FLAGS.seed}.npz"), progress=progress)
+  true_nll = float(truth.nll.mean())
   print(file=sys.stderr)
-  print(f"true NLL of the test set (quadrature): {truth.mean():.3f} nats per sequence "
-        f"(grid error ~{quadrature_error:.1e}; paper's oracle: {PAPER_TRUE_NLL})", flush=True)
+  print(f"true NLL of the test set (quadrature): {true_nll:.3f} nats per sequence "
+        f"(grid error ~{truth.error:.1e}; paper's oracle: {PAPER_TRUE_NLL})", flush=True)
+  try:
+    figures.pyplot()
+    no_pictures = None
+  except figures.MissingPlotting as error:
+    no_pictures = str(error)
   train = synthetic.as_dataset(data.splits["train"], FLAGS.batch_size, shuffle_seed=FLAGS.seed)
   # Evaluation refines per example: the batch size only sets speed and memory.
   test = synthetic.as_dataset(data.splits["test"], EVAL_BATCH_SIZE)
@@ -108,6 +166,7 @@ def main(_):
   kinds = ("oracle", "learned") if FLAGS.generator == "both" else (FLAGS.generator,)
   vocabulary = synthetic.vocabulary(data.oracle.vocab_size)
   results = {}
+  approximations = {}  # kind -> {label: test-set posteriors}, for the pictures
   for kind in kinds:
     for mode in modes:
       model = build_model(mode, kind, data.oracle, steps_per_epoch)
@@ -116,7 +175,9 @@ def main(_):
       if model.trainable_variables:
         print(f"== {kind} generator, {mode}: training {FLAGS.epochs} epochs", flush=True)
         try:
-          history = training.fit(model, train, FLAGS.epochs, valid)
+          # Keras' progress bar (rate, time left) on a terminal; a line per epoch otherwise.
+          history = training.fit(model, train, FLAGS.epochs, valid,
+                                 verbose=1 if sys.stdout.isatty() else 2)
         except training.NonFiniteLossError as error:
           raise app.UsageError(f"{kind}/{mode}: {error}") from None
         if valid is not None:
@@ -124,12 +185,17 @@ def main(_):
           curve = history.history[metric]
           best_epoch = 1 + min(range(len(curve)), key=curve.__getitem__)
           best_valid = {metric: curve[best_epoch - 1]}
-      metrics = evaluate(model, test, num_samples=FLAGS.num_samples)
+      metrics, rows = evaluate_rows(model, test, num_samples=FLAGS.num_samples,
+                                    progress=f"{kind}/{mode}: test")
       if best_epoch:
         metrics.update(best_epoch=best_epoch, **best_valid)
       metrics["train_seconds"] = round(time.time() - start, 1)
       if kind == "oracle":
-        metrics["true_nll"] = float(truth.mean())
+        metrics["true_nll"] = true_nll
+      if no_pictures is None and model.latent_dim:
+        # The posterior the metrics come from: q_K for refining models, the encoder's q else.
+        approximations.setdefault(kind, {})[posterior_label(mode, model)] = (rows["mean"],
+                                                                           rows["logvar"])
       results[f"{kind}/{mode}"] = metrics
       run_dir = runs.save_model(model, vocabulary,
                                 os.path.join(FLAGS.model_dir, f"{kind}-{mode}"))
@@ -141,7 +207,7 @@ def main(_):
           f"{name} {value:.3f}" for name, value in sorted(metrics.items())), flush=True)
 
   report = {"flags": training.flag_values(FLAGS, [sys.modules[__name__], savae_flags]),
-            "true_nll": float(truth.mean()), "true_nll_quadrature_error": quadrature_error,
+            "true_nll": true_nll, "true_nll_quadrature_error": truth.error,
             "runs": results}
   path = training.write_metrics(FLAGS.model_dir, report)
   print(f"metrics written to {path}")
@@ -153,8 +219,14 @@ def main(_):
                for k in kinds]
       print(f"| {mode} | " + " | ".join(cells) + " |")
     if "oracle" in kinds:
-      print(f"| true NLL | {truth.mean():.2f} | {PAPER_TRUE_NLL:.2f}" + " | - | -" * (len(kinds) - 1)
+      print(f"| true NLL | {true_nll:.2f} | {PAPER_TRUE_NLL:.2f}" + " | - | -" * (len(kinds) - 1)
             + " |")
+  if no_pictures is not None:
+    print(f"pictures skipped: {no_pictures}")
+  elif approximations:
+    report["pictures"] = draw_pictures(data, vocabulary, truth, approximations, FLAGS.model_dir)
+    training.write_metrics(FLAGS.model_dir, report)  # again, now listing the pictures
+    print("pictures: " + ", ".join(report["pictures"]))
 
 
 if __name__ == "__main__":

@@ -5,13 +5,20 @@ TensorBoard images: one `save` for every picture the binaries draw.
                     active units, from a run's metrics.json entries (`training.train` redraws it
                     after every epoch).
   posterior_means   a 2-d projection (PCA) of posterior means, e.g. a text test set's.
+  true_and_approximate_posteriors
+                    a 2-d latent: per sequence, contours of the true posterior p(z | x) on a
+                    grid and ellipses of each model's Gaussian q (bin/train_synthetic.py).
+  aggregate_posterior_means
+                    a 2-d latent: each model's posterior means of a data set, a panel per model
+                    (bin/train_synthetic.py).
 
 matplotlib is an optional dependency (`pip install -e .[plots]`; requirements.txt has it):
 without it, `MissingPlotting` says so and the binaries go on without pictures.
 """
 
+import math
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -126,5 +133,92 @@ def posterior_means(means: np.ndarray, title: str, colour_by: Optional[np.ndarra
   ax.set_xlabel(f"first principal axis ({shares[0]:.0%} of the variance)")
   ax.set_ylabel(f"second principal axis ({shares[1]:.0%})")
   ax.set_title(title)
+  figure.tight_layout()
+  return figure
+
+
+def ellipse_half_axes(logvar, standard_deviations: float) -> np.ndarray:
+  """The half-axes along z1, z2 of the ellipse `standard_deviations` standard deviations from the
+  mean of a Gaussian with diagonal covariance exp(`logvar`): standard_deviations * exp(logvar / 2)
+  (the ellipse is axis-aligned, centred on the mean)."""
+  return standard_deviations * np.exp(0.5 * np.asarray(logvar, np.float64))
+
+
+def _grid_moments(axis, density):
+  """Mean and standard deviations of a density on the grid axis x axis ([i, j] at
+  z = (axis[i], axis[j]))."""
+  weights = density / density.sum()
+  z1, z2 = np.meshgrid(axis, axis, indexing="ij")
+  mean = np.array([(weights * z1).sum(), (weights * z2).sum()])
+  std = np.sqrt([(weights * (z1 - mean[0])**2).sum(), (weights * (z2 - mean[1])**2).sum()])
+  return mean, std
+
+
+def true_and_approximate_posteriors(axis, densities, titles: Sequence[str],
+                                    approximations: Mapping[str, Tuple[np.ndarray, np.ndarray]],
+                                    title: str = ""):
+  """A panel per sequence of a model with a 2-d latent: grey filled contours of the true
+  posterior density p(z | x) on the grid axis x axis (`densities` [sequences, len(axis),
+  len(axis)], entry [s, i, j] at z = (axis[i], axis[j])), a black + at its mean, and for each of
+  `approximations` {legend label: (mean, logvar), each [sequences, 2]} its diagonal Gaussian q as
+  ellipses at 1 (solid) and 2 (dashed) standard deviations, one colour per model. Panels are
+  titled `titles` (e.g. the sequence's words) and zoomed on the true posterior and the ellipses;
+  the first panel's legend names the models."""
+  plt = pyplot()
+  from matplotlib import patches  # pylint: disable=import-outside-toplevel
+  axis = np.asarray(axis, np.float64)
+  densities = np.asarray(densities, np.float64)
+  columns = min(len(titles), 2)
+  rows = math.ceil(len(titles) / columns)
+  figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.2 * rows), squeeze=False)
+  for ax in axes.flat[len(titles):]:
+    ax.remove()
+  for s, (ax, name) in enumerate(zip(axes.flat, titles)):
+    # contourf reads rows as z2 and columns as z1: the transpose of the grid's [i, j].
+    ax.contourf(axis, axis, densities[s].T, levels=8, cmap="Greys")
+    true_mean, true_std = _grid_moments(axis, densities[s])
+    ax.plot(*true_mean, "k+", markersize=10)
+    low, high = true_mean - 3.5 * true_std, true_mean + 3.5 * true_std
+    for colour, (label, (mean, logvar)) in enumerate(approximations.items()):
+      for k, style in ((1, "-"), (2, "--")):
+        half = ellipse_half_axes(logvar[s], k)
+        ax.add_patch(patches.Ellipse(mean[s], 2 * half[0], 2 * half[1], fill=False,
+                                     linestyle=style, linewidth=1.6, edgecolor=f"C{colour}",
+                                     label=label if k == 1 else None))
+        low, high = np.minimum(low, mean[s] - half), np.maximum(high, mean[s] + half)
+    margin = 0.05 * (high - low)
+    low, high = np.maximum(low - margin, axis[0]), np.minimum(high + margin, axis[-1])
+    ax.set_xlim(low[0], high[0])
+    ax.set_ylim(low[1], high[1])
+    ax.set_title(name)
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+  axes[0, 0].legend(fontsize="small", loc="best")
+  figure.suptitle((title + "\n" if title else "") + "grey: true p(z | x) (+ its mean); "
+                  "ellipses: each model's q at 1 (solid) and 2 (dashed) standard deviations",
+                  fontsize="medium")
+  figure.tight_layout()
+  return figure
+
+
+def aggregate_posterior_means(means: Mapping[str, np.ndarray], title: str = "",
+                              truth: Optional[np.ndarray] = None):
+  """A panel per model of a 2-d latent: the posterior means [N, 2] of a data set's examples
+  (`means` {panel title, e.g. the model and K: means}), on shared axes z1, z2; with `truth`
+  [N, 2], the true posterior means E[z | x] drawn in grey behind each model's."""
+  plt = pyplot()
+  figure, axes = plt.subplots(1, len(means), figsize=(4.2 * len(means), 4.2), squeeze=False,
+                              sharex=True, sharey=True)
+  for colour, (ax, (label, points)) in enumerate(zip(axes[0], means.items())):
+    if truth is not None:
+      ax.scatter(truth[:, 0], truth[:, 1], s=6, color="0.7", label="true E[z | x] (quadrature)")
+    ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.7, color=f"C{colour}",
+               label="the model's posterior mean")
+    ax.set_title(label)
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    ax.legend(fontsize="small", loc="best")
+  if title:
+    figure.suptitle(title, fontsize="medium")
   figure.tight_layout()
   return figure

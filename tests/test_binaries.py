@@ -103,7 +103,7 @@ def test_every_binary_has_a_smoke_test():
   assert binaries == set(SMOKE_RUNS), "add the new binary to SMOKE_RUNS"
 
 
-def check_synthetic_report(tmp_path):
+def check_synthetic_report(tmp_path, stdout):
   report = json.loads((tmp_path / "run" / "metrics.json").read_text())
   metrics = report["runs"]["oracle/savae"]
   assert {"nll_bound", "refined_nll_bound", "kl", "iw_nll", "mi", "active_units",
@@ -112,9 +112,19 @@ def check_synthetic_report(tmp_path):
   assert metrics["true_nll"] == pytest.approx(report["true_nll"])
   assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == [
       "oracle-savae", "oracle-svi", "oracle-vae"]
+  # The pictures: PNGs listed in the report, and the same as TensorBoard images.
+  pictures = ["run/pictures/posteriors-oracle.png", "run/pictures/posterior_means-oracle.png"]
+  assert report["pictures"] == pictures and "pictures: " + ", ".join(pictures) in stdout
+  for path in pictures:
+    assert (tmp_path / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+  import tensorflow as tf
+  events = list((tmp_path / "run" / "logs" / "pictures").glob("events.out.tfevents.*"))
+  tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(str(path))
+          for value in event.summary.value}
+  assert tags == {"posteriors-oracle", "posterior_means-oracle"}
 
 
-# What a binary's smoke run must have written, beyond the line it prints.
+# What a binary's smoke run must have written, beyond the line it prints: (tmp_path, stdout).
 SMOKE_CHECKS = {"train_synthetic.py": check_synthetic_report}
 
 
@@ -135,7 +145,7 @@ def test_binary_runs(name, tmp_path, text_corpus, tiny_models):
   # <file>:<line>]), nor absl's notice that precedes TensorFlow's start-up lines.
   assert not re.search(r"^[IW]\d{4} \S+ +\d+ \S+:\d+\]|before absl::InitializeLog",
                        result.stdout + result.stderr, re.MULTILINE), result.stderr[-3000:]
-  SMOKE_CHECKS.get(name, lambda _: None)(tmp_path)
+  SMOKE_CHECKS.get(name, lambda *_: None)(tmp_path, result.stdout)
 
 
 # The console commands setup.py installs, and the binary each runs.

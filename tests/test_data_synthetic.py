@@ -77,13 +77,63 @@ def test_the_coarse_grid_is_every_other_point_and_the_true_nll_is_cached(tmp_pat
     synthetic.true_nll(generator, tokens, grid_size=20)
   cache = str(tmp_path / "truth.npz")
   calls = []
-  first = synthetic.cached_true_nll(generator, tokens, cache, grid_size=21,
-                                    progress=lambda done, total: calls.append((done, total)))
+  first = synthetic.cached_truth(generator, tokens, cache, grid_size=21,
+                                 progress=lambda done, total: calls.append((done, total)))
   assert calls[-1] == (5, 5)
-  np.testing.assert_allclose(first[0], fine, rtol=1e-12)
+  np.testing.assert_allclose(first.nll, fine, rtol=1e-12)
+  assert first.error == pytest.approx(error)
+  assert first.posterior_mean.shape == (5, 2) and first.posterior_covariance.shape == (5, 2, 2)
   calls.clear()
-  again = synthetic.cached_true_nll(generator, tokens, cache, grid_size=21,
-                                    progress=lambda done, total: calls.append(done))
-  assert not calls and again[1] == pytest.approx(first[1])  # read back, nothing computed
-  other = synthetic.cached_true_nll(generator, tokens[:3], cache, grid_size=21)
-  np.testing.assert_allclose(other[0], fine[:3], rtol=1e-6)  # other tokens: recomputed
+  again = synthetic.cached_truth(generator, tokens, cache, grid_size=21,
+                                 progress=lambda done, total: calls.append(done))
+  assert not calls and again.error == pytest.approx(first.error)  # read back, nothing computed
+  np.testing.assert_array_equal(again.posterior_mean, first.posterior_mean)
+  other = synthetic.cached_truth(generator, tokens[:3], cache, grid_size=21)
+  np.testing.assert_allclose(other.nll, fine[:3], rtol=1e-6)  # other tokens: recomputed
+  np.testing.assert_allclose(other.posterior_covariance, first.posterior_covariance[:3],
+                             rtol=1e-5, atol=1e-9)
+  # A cache written before it held the posterior's moments is recomputed, not misread.
+  np.savez(cache, tokens=np.asarray(tokens), nll=fine, error=error)
+  calls.clear()
+  synthetic.cached_truth(generator, tokens, cache, grid_size=21,
+                         progress=lambda done, total: calls.append(done))
+  assert calls
+
+
+def test_the_grid_posterior_is_the_normalised_joint_of_the_true_nll():
+  keras.utils.set_random_seed(0)
+  generator = SyntheticGenerator(vocab_size=7, embed_dim=4, hidden_dim=5, mlp_dim=6,
+                                 init_scale=1.0)
+  tokens = generator.sample(tf.random.stateless_normal([3, 2], [4, 4]), 4, tf.constant([5, 5]))
+  kernel = generator.hidden.kernel  # z's weights (its last rows) scaled up, so z tells much
+  kernel.assign(tf.concat([kernel[:-2], 3.0 * kernel[-2:]], 0))
+  posterior = synthetic.grid_posterior(generator, tokens, grid_size=21, limit=4.0)
+  axis = np.linspace(-4.0, 4.0, 21)
+  np.testing.assert_array_equal(posterior.axis, axis)
+  nll, _ = synthetic.true_nll(generator, tokens, grid_size=21, limit=4.0)
+  np.testing.assert_allclose(-posterior.log_marginal(), nll, rtol=1e-12)
+
+  # Sequence 1's log p(x, z) at every grid point, one point at a time (not the batched code).
+  sequence = tokens[1:2]
+  targets = sequence[:, 1:]
+  joint = np.zeros([21, 21])
+  for i, z1 in enumerate(axis):
+    for j, z2 in enumerate(axis):
+      logits = generator.logits(generator.prepare(sequence), tf.constant([[z1, z2]], tf.float32))
+      log_likelihood = -objectives.token_nll(logits, targets, tf.ones([1, 4], bool))[0]
+      joint[i, j] = float(log_likelihood) - 0.5 * (z1**2 + z2**2) - np.log(2 * np.pi)
+  cell = (axis[1] - axis[0])**2
+  np.testing.assert_allclose(np.log(np.exp(joint).sum() * cell), -nll[1], atol=1e-5)
+  density = np.exp(joint) / (np.exp(joint).sum() * cell)
+  np.testing.assert_allclose(posterior.density()[1], density, rtol=1e-4, atol=1e-9)
+  assert posterior.probabilities()[1].sum() == pytest.approx(1.0)
+  # Its moments by the same sums over the grid, written out.
+  z1, z2 = np.meshgrid(axis, axis, indexing="ij")
+  mean = np.array([(density * z1).sum(), (density * z2).sum()]) * cell
+  d1, d2 = z1 - mean[0], z2 - mean[1]
+  covariance = np.array([[(density * d1 * d1).sum(), (density * d1 * d2).sum()],
+                         [(density * d2 * d1).sum(), (density * d2 * d2).sum()]]) * cell
+  np.testing.assert_allclose(posterior.mean()[1], mean, atol=1e-5)
+  np.testing.assert_allclose(posterior.covariance()[1], covariance, atol=1e-5)
+  # z carries information here: the posterior is narrower than the prior, and not centred.
+  assert np.all(np.diag(covariance) < 0.9) and np.abs(mean).max() > 0.05

@@ -99,3 +99,21 @@ def test_mi_and_active_units_are_the_encoders_and_the_refined_ones_have_their_ow
   vae = SemiAmortizedVAE(model.decoder, model.encoder, mode="vae", latent_dim=2)
   assert {"mi", "active_units"} <= set(evaluate(vae, test, num_samples=0))
   assert not {"refined_mi", "refined_active_units"} & set(evaluate(vae, test, num_samples=0))
+
+
+def test_the_rows_hold_the_encoders_or_the_refined_posterior_whatever_the_batches(oracle_case):
+  import numpy as np
+  import tensorflow as tf
+  from savae_tf.evaluate import evaluate_rows
+  model, test, _ = oracle_case
+  encoder = [model.initial_params(model.observe(batch)) for batch in test]
+  _, at_zero = evaluate_rows(model, test, svi_steps=0, num_samples=0)
+  for name, part in (("mean", "mean"), ("logvar", "logvar")):
+    expected = tf.concat([getattr(p, part) for p in encoder], 0)
+    np.testing.assert_allclose(at_zero[name], expected, atol=1e-6)
+    np.testing.assert_allclose(at_zero[name + "0"], expected, atol=1e-6)
+  _, rows = evaluate_rows(model, test, num_samples=0)  # the model's K = 20
+  assert rows["mean"].shape == (64, 2) and np.abs(rows["mean"] - rows["mean0"]).max() > 0.01
+  _, again = evaluate_rows(model, test.unbatch().batch(64), num_samples=0)
+  np.testing.assert_allclose(again["mean"], rows["mean"], atol=1e-5)
+  np.testing.assert_allclose(again["logvar"], rows["logvar"], atol=1e-5)

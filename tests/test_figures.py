@@ -74,3 +74,62 @@ def test_posterior_means_are_plotted_on_labelled_principal_axes():
   share = float(ax.get_xlabel().split("(")[1].split("%")[0])
   assert share > 80  # the first axis carries most of the variance (25 of ~26)
   figures.pyplot().close(figure)
+
+
+def test_ellipse_half_axes_are_k_standard_deviations():
+  logvar = np.log([[4.0, 0.25]])
+  np.testing.assert_allclose(figures.ellipse_half_axes(logvar, 1), [[2.0, 0.5]])
+  np.testing.assert_allclose(figures.ellipse_half_axes(logvar, 2), [[4.0, 1.0]])
+
+
+def true_posteriors_figure():
+  """Two sequences' Gaussian 'true' posteriors on a grid, and two models' q."""
+  axis = np.linspace(-4.0, 4.0, 41)
+  z1, z2 = np.meshgrid(axis, axis, indexing="ij")
+  centres = np.array([[1.0, -1.0], [-2.0, 0.5]])
+  densities = np.stack([np.exp(-0.5 * (((z1 - c[0]) / 0.3)**2 + ((z2 - c[1]) / 0.6)**2))
+                        for c in centres])
+  approximations = {"VAE: encoder's q": (centres + 0.2, np.log([[0.3, 0.2], [0.5, 0.5]])),
+                    "SA-VAE: q_K, K = 20": (centres, 2 * np.log([[0.3, 0.6], [0.3, 0.6]]))}
+  return figures.true_and_approximate_posteriors(axis, densities, ["w1 w2", "w3 w4"],
+                                                 approximations, "oracle"), approximations
+
+
+def test_true_and_approximate_posteriors_draw_a_panel_per_sequence_and_an_ellipse_per_sd():
+  from matplotlib import patches
+  figure, approximations = true_posteriors_figure()
+  assert [ax.get_title() for ax in figure.axes] == ["w1 w2", "w3 w4"]
+  assert all(ax.get_xlabel() == "z1" and ax.get_ylabel() == "z2" for ax in figure.axes)
+  legend = figure.axes[0].get_legend()
+  assert [text.get_text() for text in legend.get_texts()] == list(approximations)
+  assert "oracle" in figure.get_suptitle()
+  # Per panel, per model, ellipses at 1 and 2 standard deviations around q's mean.
+  second = [p for p in figure.axes[1].patches if isinstance(p, patches.Ellipse)]
+  assert len(second) == 4
+  mean, logvar = approximations["SA-VAE: q_K, K = 20"]
+  sa_vae = second[2:]
+  for k, ellipse in zip((1, 2), sa_vae):
+    np.testing.assert_allclose(ellipse.center, mean[1])
+    np.testing.assert_allclose([ellipse.width, ellipse.height],
+                               2 * k * np.exp(logvar[1] / 2))
+  # Zoomed on the posterior: the 2-sd ellipse fits, the grid's far corner does not show.
+  low, high = figure.axes[1].get_xlim()
+  assert low <= mean[1, 0] - 0.6 and high >= mean[1, 0] + 0.6 and high < 4.0
+  figures.pyplot().close(figure)
+
+
+def test_aggregate_posterior_means_draw_a_panel_per_model_over_the_truth():
+  rng = np.random.default_rng(2)
+  truth = rng.normal(size=(30, 2))
+  means = {"VAE: encoder's q": truth * 0.5, "SVI: q_K, K = 20": truth * 0.9}
+  figure = figures.aggregate_posterior_means(means, "oracle generator", truth)
+  assert [ax.get_title() for ax in figure.axes] == list(means)
+  for ax, points in zip(figure.axes, means.values()):
+    truth_points, model_points = ax.collections
+    np.testing.assert_allclose(truth_points.get_offsets(), truth)
+    np.testing.assert_allclose(model_points.get_offsets(), points)
+    assert ax.get_xlabel() == "z1" and ax.get_ylabel() == "z2"
+  figures.pyplot().close(figure)
+  alone = figures.aggregate_posterior_means({"SA-VAE": truth})
+  assert len(alone.axes[0].collections) == 1  # no truth: the model's means only
+  figures.pyplot().close(alone)

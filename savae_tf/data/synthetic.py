@@ -20,7 +20,8 @@ Assumptions, recorded because the paper's repository has no synthetic code:
 
 The true NLL, -log p(x) = -log integral p(x | z) p(z) dz, is computed by quadrature on a grid over
 [-limit, limit]^2 (z is 2-d); its discretisation error is estimated by comparing with a grid of
-half the resolution.
+half the resolution. The same grid's terms give the true posterior p(z | x) (`GridPosterior`), whose
+moments `cached_truth` stores beside the NLL and bin/train_synthetic.py draws.
 """
 
 import os
@@ -84,10 +85,15 @@ def make_synthetic_data(seed: int = 3435, num_train: int = 5000, num_valid: int 
   return SyntheticData(oracle, splits)
 
 
+def _grid(axis):
+  """The points of the grid axis x axis, [len(axis)**2, 2]: row i * len(axis) + j is
+  z = (axis[i], axis[j])."""
+  return np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+
+
 def _log_likelihood_on_grid(generator, tokens, axis, batch_size, progress):
   """log p(x | z) of every sequence at every point of the grid axis x axis: [sequences, points]."""
-  grid = tf.constant(np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2),
-                     tf.float32)
+  grid = tf.constant(_grid(axis), tf.float32)
   points = grid.shape[0]
   results = []
   for start in range(0, tokens.shape[0], batch_size):
@@ -103,13 +109,71 @@ def _log_likelihood_on_grid(generator, tokens, axis, batch_size, progress):
   return np.concatenate(results, 0)
 
 
-def _log_marginal(log_likelihood, axis):
-  """log integral p(x | z) p(z) dz by the midpoint rule on the grid axis x axis."""
-  grid = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
-  log_weight = -0.5 * np.sum(grid**2, -1) - np.log(2 * np.pi) + 2 * np.log(axis[1] - axis[0])
-  joint = log_likelihood.astype(np.float64) + log_weight
-  peak = joint.max(axis=1, keepdims=True)
-  return (peak + np.log(np.sum(np.exp(joint - peak), axis=1, keepdims=True)))[:, 0]
+class GridPosterior(NamedTuple):
+  """Each sequence's posterior p(z | x) on the quadrature grid axis x axis (a 2-d latent): entry
+  [s, i, j] of every array is sequence s at z = (axis[i], axis[j]). The midpoint rule gives both
+  the true NLL (`log_marginal`) and the posterior (`probabilities`) from the same terms."""
+  axis: np.ndarray  # [grid_size], evenly spaced
+  log_likelihood: np.ndarray  # [sequences, grid_size, grid_size] log p(x | z), float64
+
+  def log_joint(self) -> np.ndarray:
+    """log p(x | z) p(z) dz of every grid cell: the midpoint rule's terms, which sum to p(x)."""
+    z = _grid(self.axis)
+    log_weight = (-0.5 * np.sum(z**2, -1) - np.log(2 * np.pi)
+                  + 2 * np.log(self.axis[1] - self.axis[0]))
+    return self.log_likelihood + log_weight.reshape(len(self.axis), len(self.axis))
+
+  def log_marginal(self) -> np.ndarray:
+    """log p(x) = log integral p(x | z) p(z) dz per sequence, [sequences]."""
+    joint = self.log_joint().reshape(len(self.log_likelihood), -1)
+    peak = joint.max(axis=1, keepdims=True)
+    return (peak + np.log(np.sum(np.exp(joint - peak), axis=1, keepdims=True)))[:, 0]
+
+  def coarse(self) -> "GridPosterior":
+    """The same on the half-resolution grid of every other point."""
+    return GridPosterior(self.axis[::2], self.log_likelihood[:, ::2, ::2])
+
+  def probabilities(self) -> np.ndarray:
+    """p(z | x) dz of every cell (each sequence's sum to 1), [sequences, grid_size, grid_size]."""
+    return np.exp(self.log_joint() - self.log_marginal()[:, None, None])
+
+  def density(self) -> np.ndarray:
+    """p(z | x) at every grid point, [sequences, grid_size, grid_size]."""
+    return self.probabilities() / (self.axis[1] - self.axis[0])**2
+
+  def mean(self) -> np.ndarray:
+    """E[z | x] per sequence, [sequences, 2]."""
+    weights = self.probabilities().reshape(len(self.log_likelihood), -1)
+    return weights @ _grid(self.axis)
+
+  def covariance(self) -> np.ndarray:
+    """Cov[z | x] per sequence, [sequences, 2, 2]."""
+    weights = self.probabilities().reshape(len(self.log_likelihood), -1)
+    centred = _grid(self.axis)[None] - self.mean()[:, None]
+    return np.einsum("sp,spa,spb->sab", weights, centred, centred)
+
+
+def grid_posterior(generator, tokens, grid_size: int = 41, limit: float = 5.0,
+                   batch_size: int = 25,
+                   progress: Optional[Callable[[int, int], None]] = None) -> GridPosterior:
+  """`generator`'s posterior of each sequence of `tokens` on a grid_size x grid_size grid over
+  [-limit, limit]^2. `progress(done, total)` is called after each chunk of sequences."""
+  tokens = tf.convert_to_tensor(tokens, tf.int32)
+  axis = np.linspace(-limit, limit, grid_size)
+  log_likelihood = _log_likelihood_on_grid(generator, tokens, axis, batch_size, progress)
+  return GridPosterior(axis, log_likelihood.astype(np.float64).reshape(-1, grid_size, grid_size))
+
+
+def _check_odd(grid_size):
+  if grid_size % 2 == 0:
+    raise ValueError(f"grid_size must be odd (the coarse grid is every other point); got "
+                     f"{grid_size}.")
+
+
+def _nll_and_error(posterior: GridPosterior):
+  fine = posterior.log_marginal()
+  coarse = posterior.coarse().log_marginal()
+  return -fine, float(abs(np.mean(fine) - np.mean(coarse)))
 
 
 def true_nll(generator, tokens, grid_size: int = 41, limit: float = 5.0, batch_size: int = 25,
@@ -119,30 +183,35 @@ def true_nll(generator, tokens, grid_size: int = 41, limit: float = 5.0, batch_s
   The half-resolution grid is every other point of the full one (`grid_size` odd), so the error
   estimate costs no extra decoder work. `progress(done, total)` is called after each chunk.
   """
-  if grid_size % 2 == 0:
-    raise ValueError(f"grid_size must be odd (the coarse grid is every other point); got "
-                     f"{grid_size}.")
-  tokens = tf.convert_to_tensor(tokens, tf.int32)
-  axis = np.linspace(-limit, limit, grid_size)
-  log_likelihood = _log_likelihood_on_grid(generator, tokens, axis, batch_size, progress)
-  fine = _log_marginal(log_likelihood, axis)
-  coarse_points = log_likelihood.reshape(-1, grid_size, grid_size)[:, ::2, ::2]
-  coarse = _log_marginal(coarse_points.reshape(len(fine), -1), axis[::2])
-  return -fine, float(abs(np.mean(fine) - np.mean(coarse)))
+  _check_odd(grid_size)
+  return _nll_and_error(grid_posterior(generator, tokens, grid_size, limit, batch_size, progress))
 
 
-def cached_true_nll(generator, tokens, cache_path: str, **kwargs):
-  """`true_nll`, stored at `cache_path` (.npz) with the tokens it was computed for, and read
-  back from there when they match (the oracle is a function of the seed that drew them)."""
+class Truth(NamedTuple):
+  """What the quadrature knows of each sequence."""
+  nll: np.ndarray  # [sequences] -log p(x)
+  error: float  # |mean difference| of log p(x) from the half-resolution grid
+  posterior_mean: np.ndarray  # [sequences, 2] E[z | x]
+  posterior_covariance: np.ndarray  # [sequences, 2, 2] Cov[z | x]
+
+
+def cached_truth(generator, tokens, cache_path: str, grid_size: int = 41, **kwargs) -> Truth:
+  """The `Truth` of `tokens` from one `grid_posterior` (arguments as `true_nll`'s), stored at
+  `cache_path` (.npz) with the tokens it was computed for, and read back from there when they
+  match (the oracle is a function of the seed that drew them)."""
+  _check_odd(grid_size)
   tokens = np.asarray(tokens)
   if os.path.isfile(cache_path):
     with np.load(cache_path) as cached:
-      if np.array_equal(cached["tokens"], tokens):
-        return cached["nll"], float(cached["error"])
-  nll, error = true_nll(generator, tokens, **kwargs)
+      if (np.array_equal(cached["tokens"], tokens)
+          and all(name in cached for name in Truth._fields)):
+        return Truth(cached["nll"], float(cached["error"]), cached["posterior_mean"],
+                     cached["posterior_covariance"])
+  posterior = grid_posterior(generator, tokens, grid_size, **kwargs)
+  truth = Truth(*_nll_and_error(posterior), posterior.mean(), posterior.covariance())
   os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
-  np.savez(cache_path, tokens=tokens, nll=nll, error=error)
-  return nll, error
+  np.savez(cache_path, tokens=tokens, **truth._asdict())
+  return truth
 
 
 def as_dataset(split: Dict[str, np.ndarray], batch_size: int, shuffle_seed=None):
