@@ -50,8 +50,7 @@ def ensure_writable(path: str, name: str):
 def claim_run_directory(model_dir: str, defining: Dict[str, Any], overwrite: bool = False,
                         write: bool = True):
   """Makes `model_dir` the directory of a run defined by the flags `defining` ({name: value}),
-  writing them to <model_dir>/run.json (when `write`: on a multi-worker cluster only the chief
-  writes, the others only check).
+  writing them to <model_dir>/run.json.
 
   Claimed: a new or empty directory, or one whose run never checkpointed (a run stopped by bad
   data, say; it starts afresh); resumed: a run with checkpoints and the same `defining` (or with
@@ -59,6 +58,9 @@ def claim_run_directory(model_dir: str, defining: Dict[str, Any], overwrite: boo
   checkpoints and other flags (the message names each differing flag with both values), unless
   `overwrite`, which deletes it and starts afresh; a non-empty directory that is no run's
   (`overwrite` never deletes what this library did not write); an unwritable directory.
+  `write=False` (a multi-worker cluster's other workers) only refuses other flags: the chief
+  checks, writes and deletes, and the others must not mistake its files in progress for
+  someone else's.
   """
   defining = json.loads(json.dumps(defining))  # the values as run.json will hold them
   recorded = _recorded_run(model_dir)
@@ -72,15 +74,19 @@ def claim_run_directory(model_dir: str, defining: Dict[str, Any], overwrite: boo
       raise RunDirectoryError(
           f"{model_dir} holds a run with other flags: {differences}. Resume it with its own "
           "flags, give a new --model_dir, or add --overwrite to delete it and start afresh.")
-    shutil.rmtree(model_dir)
-  elif recorded is None and not trained and os.path.isdir(model_dir) and os.listdir(model_dir):
+    if write:
+      shutil.rmtree(model_dir)
+  elif (write and recorded is None and not trained and os.path.isdir(model_dir)
+        and os.listdir(model_dir)):
     raise RunDirectoryError(
         f"{model_dir} is not empty and holds no training run (no {RUN} or {CHECKPOINTS}/): give "
         "a new or empty --model_dir.")
-  ensure_writable(model_dir, "--model_dir")
   if write:
-    with open(os.path.join(model_dir, RUN), "w") as f:
+    ensure_writable(model_dir, "--model_dir")
+    # Written whole, then renamed: another worker may be reading it.
+    with open(os.path.join(model_dir, RUN + ".partial"), "w") as f:
       json.dump(defining, f, indent=2, sort_keys=True)
+    os.replace(os.path.join(model_dir, RUN + ".partial"), os.path.join(model_dir, RUN))
 
 
 def _recorded_run(model_dir: str) -> Optional[Dict[str, Any]]:

@@ -112,17 +112,24 @@ def assert_batch_invariant(tmp_path):
   return check
 
 
-@pytest.fixture
-def keras_model_of():
-  """Factory: a keras.Model whose one layer is `TFSMLayer(path, call_endpoint=endpoint)`, with
-  one keras.Input per key of `example` (a dict of tensors): a scalar stays a scalar (the export's
+def keras_model_of(path, endpoint, example):
+  """A keras.Model whose one layer is `TFSMLayer(path, call_endpoint=endpoint)`, with one
+  keras.Input per key of `example` (a dict of tensors): a scalar stays a scalar (the export's
   `steps`, `seed`, ... are not batched), any other input gets an unknown batch size."""
   import keras
+  inputs = {key: keras.Input(batch_shape=(None, *value.shape[1:]) if value.shape.rank else (),
+                             dtype=value.dtype.name, name=key)
+            for key, value in example.items()}
+  return keras.Model(inputs, keras.layers.TFSMLayer(path, call_endpoint=endpoint)(inputs))
 
-  def build(path, endpoint, example):
-    inputs = {key: keras.Input(batch_shape=(None, *value.shape[1:]) if value.shape.rank else (),
-                               dtype=value.dtype.name, name=key)
-              for key, value in example.items()}
-    return keras.Model(inputs, keras.layers.TFSMLayer(path, call_endpoint=endpoint)(inputs))
 
-  return build
+def check_score_through_tfsm_layer(path, score_signature, in_memory_score, inputs, atol):
+  """A Keras model over the export's `score_dict` returns exactly the `score` signature's
+  outputs on `inputs`, and the in-memory model's to float32 rounding (`atol`)."""
+  import numpy as np
+  got = keras_model_of(path, "score_dict", inputs)(inputs)
+  signature = score_signature(**inputs)
+  assert set(got) == set(signature) == set(in_memory_score)
+  for key, value in signature.items():
+    np.testing.assert_array_equal(got[key], value, err_msg=key)
+    np.testing.assert_allclose(got[key], in_memory_score[key], rtol=1e-5, atol=atol, err_msg=key)

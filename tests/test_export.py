@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import check_score_through_tfsm_layer
 from savae_tf import export
 from savae_tf.data import synthetic
 from savae_tf.data.text import Vocabulary
@@ -397,14 +398,9 @@ def test_every_signature_is_unchanged_and_has_a_one_dict_endpoint(text_loaded):
 
 
 def test_a_keras_model_scores_through_tfsm_layer_as_the_signature_does(
-    text_export, text_signatures, in_memory, keras_model_of):
+    text_export, text_signatures, in_memory):
   # `call_all`'s score inputs; steps and num_samples differ, so a wrong routing would show.
   inputs = {"sentences": tf.constant(SENTENCES), "steps": tf.constant(4),
             "num_samples": tf.constant(7)}
-  got = keras_model_of(text_export[2], "score_dict", inputs)(inputs)
-  signature = text_signatures["score"](**inputs)
-  assert set(got) == set(signature) == set(in_memory["score"])
-  for key, value in signature.items():
-    np.testing.assert_array_equal(got[key], value, err_msg=key)
-    np.testing.assert_allclose(got[key], in_memory["score"][key], rtol=1e-5, atol=1e-5,
-                               err_msg=key)
+  check_score_through_tfsm_layer(text_export[2], text_signatures["score"], in_memory["score"],
+                                 inputs, atol=1e-5)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import check_score_through_tfsm_layer
 from savae_tf import export
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.image import GatedPixelCNN, ResNetEncoder
@@ -200,13 +201,8 @@ def test_every_signature_is_unchanged_and_has_a_one_dict_endpoint(loaded_module)
 
 
 def test_a_keras_model_scores_through_tfsm_layer_as_the_signature_does(
-    image_export, loaded, in_memory, keras_model_of):
+    image_export, loaded, in_memory):
   # `call_all`'s score inputs; steps and num_samples differ, so a wrong routing would show.
   inputs = {"images": tf.constant(IMAGES), "steps": tf.constant(4), "num_samples": tf.constant(7)}
-  got = keras_model_of(image_export[1], "score_dict", inputs)(inputs)
-  signature = loaded["score"](**inputs)
-  assert set(got) == set(signature) == set(in_memory["score"])
-  for key, value in signature.items():
-    np.testing.assert_array_equal(got[key], value, err_msg=key)
-    np.testing.assert_allclose(got[key], in_memory["score"][key], rtol=1e-5, atol=1e-6,
-                               err_msg=key)
+  check_score_through_tfsm_layer(image_export[1], loaded["score"], in_memory["score"], inputs,
+                                 atol=1e-6)

@@ -130,6 +130,16 @@ def test_an_unwritable_directory_is_named(tmp_path):
     runs.ensure_writable(str(tmp_path / "a_file" / "export"), "--export_dir")
 
 
-def test_only_a_writer_records_the_flags(tmp_path):
-  runs.claim_run_directory(str(tmp_path / "run"), RUN, write=False)  # a cluster's other worker
+def test_a_cluster_s_other_workers_only_refuse_other_flags(tmp_path):
+  # The chief's files in progress (here a stray one) are not someone else's: no refusal, no write.
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "tmpab12cd").write_text("")
+  runs.claim_run_directory(str(tmp_path / "run"), RUN, write=False)
   assert not (tmp_path / "run" / runs.RUN).exists()
+  checkpointed(tmp_path / "trained")
+  with pytest.raises(runs.RunDirectoryError, match="other flags"):
+    runs.claim_run_directory(str(tmp_path / "trained"), dict(RUN, model="vae"), write=False)
+  # With --overwrite the chief deletes the run; the others neither refuse nor delete.
+  runs.claim_run_directory(str(tmp_path / "trained"), dict(RUN, model="vae"), overwrite=True,
+                           write=False)
+  assert (tmp_path / "trained" / runs.CHECKPOINTS).is_dir()
