@@ -17,6 +17,7 @@ as TensorBoard images in --model_dir/logs/pictures, and lists them in metrics.js
                               generator the truth would be that model's own, so none is drawn.
   posterior_means-<kind>.png  each model's posterior means of the test set, a panel per model, over
                               the true posterior means for the oracle generator.
+and each trained model's training curves into --model_dir/<generator>-<model>/pictures/.
 """
 
 import os
@@ -167,6 +168,7 @@ def main(_):
   vocabulary = synthetic.vocabulary(data.oracle.vocab_size)
   results = {}
   approximations = {}  # kind -> {label: test-set posteriors}, for the pictures
+  curves = []  # each trained model's training_curves.png
   for kind in kinds:
     for mode in modes:
       model = build_model(mode, kind, data.oracle, steps_per_epoch)
@@ -200,6 +202,11 @@ def main(_):
       run_dir = runs.save_model(model, vocabulary,
                                 os.path.join(FLAGS.model_dir, f"{kind}-{mode}"))
       training.write_metrics(run_dir, metrics)
+      if no_pictures is None and model.trainable_variables:
+        curves.append(figures.write_training_curves(
+            run_dir, [dict({name: float(values[i]) for name, values in history.history.items()},
+                           epoch=i + 1) for i in range(len(history.epoch))],
+            f"{kind} generator, {mode}"))
       if FLAGS.export_dir:
         path = export.export(model, vocabulary, os.path.join(FLAGS.export_dir, f"{kind}-{mode}"))
         print(f"== {kind} generator, {mode}: SavedModel written to {path}", flush=True)
@@ -224,7 +231,8 @@ def main(_):
   if no_pictures is not None:
     print(f"pictures skipped: {no_pictures}")
   elif approximations:
-    report["pictures"] = draw_pictures(data, vocabulary, truth, approximations, FLAGS.model_dir)
+    report["pictures"] = (draw_pictures(data, vocabulary, truth, approximations,
+                                        FLAGS.model_dir) + curves)
     training.write_metrics(FLAGS.model_dir, report)  # again, now listing the pictures
     print("pictures: " + ", ".join(report["pictures"]))
 
