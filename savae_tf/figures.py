@@ -86,7 +86,11 @@ def training_curves(history: Sequence[Dict[str, float]], title: str = ""):
     ax.set_title(name)
     ax.set_xlabel("epoch")
     ax.set_ylabel(unit)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    epochs = sorted({entry["epoch"] for entry in history})
+    if len(epochs) <= 15:  # every epoch a tick (a locator puts fractions around a single one)
+      ax.set_xticks(epochs)
+    else:
+      ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize="small")
   if title:
     figure.suptitle(title)
