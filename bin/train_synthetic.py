@@ -119,7 +119,7 @@ def draw_pictures(data, vocabulary, truth, approximations, model_dir):
     count = min(PICTURED_SEQUENCES, len(tokens))
     posterior = synthetic.grid_posterior(data.oracle, tokens[:count], PICTURE_GRID_SIZE)
     figure = figures.true_and_approximate_posteriors(
-        posterior.axis, posterior.density(),
+        posterior,
         [f"test sequence {i}: {vocabulary.decode(tokens[i])}" for i in range(count)],
         {label: (mean[:count], logvar[:count])
          for label, (mean, logvar) in approximations["oracle"].items()},

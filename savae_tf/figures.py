@@ -148,30 +148,21 @@ def ellipse_half_axes(logvar, standard_deviations: float) -> np.ndarray:
   return standard_deviations * np.exp(0.5 * np.asarray(logvar, np.float64))
 
 
-def _grid_moments(axis, density):
-  """Mean and standard deviations of a density on the grid axis x axis ([i, j] at
-  z = (axis[i], axis[j]))."""
-  weights = density / density.sum()
-  z1, z2 = np.meshgrid(axis, axis, indexing="ij")
-  mean = np.array([(weights * z1).sum(), (weights * z2).sum()])
-  std = np.sqrt([(weights * (z1 - mean[0])**2).sum(), (weights * (z2 - mean[1])**2).sum()])
-  return mean, std
-
-
-def true_and_approximate_posteriors(axis, densities, titles: Sequence[str],
+def true_and_approximate_posteriors(posterior, titles: Sequence[str],
                                     approximations: Mapping[str, Tuple[np.ndarray, np.ndarray]],
                                     title: str = ""):
   """A panel per sequence of a model with a 2-d latent: grey filled contours of the true
-  posterior density p(z | x) on the grid axis x axis (`densities` [sequences, len(axis),
-  len(axis)], entry [s, i, j] at z = (axis[i], axis[j])), a black + at its mean, and for each of
+  posterior density p(z | x) on its quadrature grid (`posterior`, a
+  `savae_tf.data.synthetic.GridPosterior` of the sequences), a black + at its mean, and for each of
   `approximations` {legend label: (mean, logvar), each [sequences, 2]} its diagonal Gaussian q as
   ellipses at 1 (solid) and 2 (dashed) standard deviations, one colour per model. Panels are
   titled `titles` (e.g. the sequence's words) and zoomed on the true posterior and the ellipses;
   the first panel's legend names the models."""
   plt = pyplot()
   from matplotlib import patches  # pylint: disable=import-outside-toplevel
-  axis = np.asarray(axis, np.float64)
-  densities = np.asarray(densities, np.float64)
+  axis, densities = posterior.axis, posterior.density()
+  true_means = posterior.mean()
+  true_stds = np.sqrt(np.diagonal(posterior.covariance(), axis1=1, axis2=2))
   columns = min(len(titles), 2)
   rows = math.ceil(len(titles) / columns)
   figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.2 * rows), squeeze=False)
@@ -180,7 +171,7 @@ def true_and_approximate_posteriors(axis, densities, titles: Sequence[str],
   for s, (ax, name) in enumerate(zip(axes.flat, titles)):
     # contourf reads rows as z2 and columns as z1: the transpose of the grid's [i, j].
     ax.contourf(axis, axis, densities[s].T, levels=8, cmap="Greys")
-    true_mean, true_std = _grid_moments(axis, densities[s])
+    true_mean, true_std = true_means[s], true_stds[s]
     ax.plot(*true_mean, "k+", markersize=10)
     low, high = true_mean - 3.5 * true_std, true_mean + 3.5 * true_std
     for colour, (label, (mean, logvar)) in enumerate(approximations.items()):

@@ -84,15 +84,18 @@ def test_ellipse_half_axes_are_k_standard_deviations():
 
 def true_posteriors_figure():
   """Two sequences' Gaussian 'true' posteriors on a grid, and two models' q."""
+  from savae_tf.data import synthetic
   axis = np.linspace(-4.0, 4.0, 41)
   z1, z2 = np.meshgrid(axis, axis, indexing="ij")
   centres = np.array([[1.0, -1.0], [-2.0, 0.5]])
-  densities = np.stack([np.exp(-0.5 * (((z1 - c[0]) / 0.3)**2 + ((z2 - c[1]) / 0.6)**2))
-                        for c in centres])
+  # log p(x | z) that makes the posterior these Gaussians: their log density minus the prior's.
+  log_likelihood = np.stack([-0.5 * (((z1 - c[0]) / 0.3)**2 + ((z2 - c[1]) / 0.6)**2)
+                             + 0.5 * (z1**2 + z2**2) for c in centres])
   approximations = {"VAE: encoder's q": (centres + 0.2, np.log([[0.3, 0.2], [0.5, 0.5]])),
                     "SA-VAE: q_K, K = 20": (centres, 2 * np.log([[0.3, 0.6], [0.3, 0.6]]))}
-  return figures.true_and_approximate_posteriors(axis, densities, ["w1 w2", "w3 w4"],
-                                                 approximations, "oracle"), approximations
+  return figures.true_and_approximate_posteriors(
+      synthetic.GridPosterior(axis, log_likelihood), ["w1 w2", "w3 w4"], approximations,
+      "oracle"), approximations
 
 
 def test_true_and_approximate_posteriors_draw_a_panel_per_sequence_and_an_ellipse_per_sd():
