@@ -60,7 +60,8 @@ def save(figure, path: str, log_dir: Optional[str] = None, tag: Optional[str] = 
 _CURVES = [
     ("Bounds (nats per example)", "nats",
      [("loss", "training loss"), ("nll_bound", "training -ELBO"),
-      ("val_nll_bound", "validation -ELBO"), ("val_refined_nll_bound", "validation refined -ELBO")]),
+      ("val_nll_bound", "validation -ELBO"),
+      ("val_refined_nll_bound", "validation refined -ELBO")]),
     ("KL(q || p)", "nats", [("kl", "training"), ("val_kl", "validation"),
                             ("val_refined_kl", "validation, refined")]),
     ("Mutual information I(x; z)", "nats", [("val_mi", "validation, encoder's q"),

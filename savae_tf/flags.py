@@ -137,8 +137,8 @@ RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "export_dir", "mode
 
 def claim_run_directory(modules, strategy):
   """`runs.claim_run_directory` for --model_dir with the defining flags of `modules` (the binary
-  and this one), and --export_dir checked writable: call it before loading data, inside nothing
-  (`strategy` says which worker writes run.json). Any refusal is a usage error."""
+  and this one), and --export_dir checked writable: call it before loading data, outside the
+  strategy's scope (`strategy` says which worker writes run.json). Any refusal is a usage error."""
   f = flags.FLAGS
   defining = {name: value for name, value in training.flag_values(f, modules).items()
               if name not in RESUMABLE_CHANGES}

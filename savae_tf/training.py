@@ -114,7 +114,8 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
 
   After every epoch: validation (`selection_metric`), `on_best(model)` when it improved,
   TensorBoard summaries in <model_dir>/logs, <model_dir>/metrics.json (one entry per epoch) and
-  its curves in <model_dir>/pictures/training_curves.png (with matplotlib). Returns those entries. `resume_dir` (default `model_dir`) is the run directory whose
+  its curves in <model_dir>/pictures/training_curves.png (with matplotlib). Returns those
+  entries. `resume_dir` (default `model_dir`) is the run directory whose
   checkpoints and metrics.json a restart resumes from (see `cluster.worker_directory`).
   """
   resume_dir = resume_dir or model_dir
