@@ -193,7 +193,8 @@ def test_step_carries_the_state_as_the_whole_sequence_does(latent_dim):
     np.testing.assert_allclose(logits, expected[:, t], rtol=1e-5, atol=1e-6)
 
 
-def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_float64():
+@pytest.mark.parametrize("masked", [True, False])  # without a mask no step selects
+def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_float64(masked):
   rng = np.random.default_rng(9)
   batch, steps, hidden = 3, 7, 4
   layer = keras.layers.LSTM(hidden, dtype="float64")
@@ -202,7 +203,7 @@ def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_flo
   state = text.LSTMState(tf.constant(rng.normal(size=(batch, hidden))),
                          tf.constant(rng.normal(size=(batch, hidden))))
   _, lengths = ragged_batch()
-  mask = tf.sequence_mask(lengths, steps)
+  mask = tf.sequence_mask(lengths, steps) if masked else None
   weights = tf.constant(rng.normal(size=(batch, steps, hidden)))
   kernel = layer.cell.recurrent_kernel
 
@@ -213,8 +214,10 @@ def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_flo
     h, c, outputs = state.h, state.c, []
     for t in range(steps):
       new = text.lstm_cell(gates[:, t], text.LSTMState(h, c), tf.convert_to_tensor(kernel))
-      keep = mask[:, t, None]
-      h, c = tf.where(keep, new.h, h), tf.where(keep, new.c, c)
+      if masked:
+        keep = mask[:, t, None]
+        new = text.LSTMState(tf.where(keep, new.h, h), tf.where(keep, new.c, c))
+      h, c = new
       outputs.append(h)
     return loss(tf.stack(outputs, 1), text.LSTMState(h, c))
 
@@ -238,9 +241,9 @@ def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_flo
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("compiled,masked", [(False, True), (True, True), (True, False)])
 def test_the_hand_written_second_order_sweep_matches_autodiff_of_the_recurrence_in_float64(
-    compiled):
+    compiled, masked):
   """Gradient of a gradient (the Hessian of a loss times a direction) in every input of the
   recurrence, with padding, against TensorFlow differentiating the step-by-step loop twice."""
   rng = np.random.default_rng(10)
@@ -248,7 +251,7 @@ def test_the_hand_written_second_order_sweep_matches_autodiff_of_the_recurrence_
   layer = keras.layers.LSTM(hidden, dtype="float64")
   layer.build((None, None, 2))
   _, lengths = ragged_batch()
-  mask = tf.sequence_mask(lengths, steps)
+  mask = tf.sequence_mask(lengths, steps) if masked else None
   weights = tf.constant(rng.normal(size=(batch, steps, hidden)))
   kernel = tf.convert_to_tensor(layer.cell.recurrent_kernel)
   point = [tf.constant(rng.normal(size=(batch, steps, 4 * hidden))),
@@ -269,8 +272,10 @@ def test_the_hand_written_second_order_sweep_matches_autodiff_of_the_recurrence_
     h, c, outputs = h0, c0, []
     for t in range(steps):
       new = text.lstm_cell(gates[:, t], text.LSTMState(h, c), recurrent_kernel)
-      keep = mask[:, t, None]
-      h, c = tf.where(keep, new.h, h), tf.where(keep, new.c, c)
+      if masked:
+        keep = mask[:, t, None]
+        new = text.LSTMState(tf.where(keep, new.h, h), tf.where(keep, new.c, c))
+      h, c = new
       outputs.append(h)
     return loss(tf.stack(outputs, 1), text.LSTMState(h, c))
 
