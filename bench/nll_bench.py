@@ -1,13 +1,13 @@
-"""Benchmark: the token NLL of one importance-sampling chunk, as `iw_nll` computes it, with the
-fused cross-entropy kernel (`for_gradient=True`, what training uses) and with logsumexp minus
-the target's logit (`for_gradient=False`, what evaluation uses).
+"""Benchmark: the token NLL written out (`objectives.token_nll`: logsumexp minus the target's
+logit) against TensorFlow's fused sparse cross-entropy kernel, for its value (what `iw_nll`'s
+importance samples need), its gradient (every training step) and the gradient of its gradient
+(each step of the exact refinement), on the logits of one output layer.
 
-  python bench/nll_bench.py                 # the PTB table's size: hidden 128, vocabulary 10,002
-  python bench/nll_bench.py --hidden=1024 --vocab=10000
+  python bench/nll_bench.py                  # an iw_nll chunk at the PTB table's size
+  python bench/nll_bench.py --tokens=672 --hidden=1024 --vocab=10000   # a paper-size batch
 
-A chunk is --tokens target tokens (4 importance samples of a batch of 32 sentences of 24 tokens
-by default). Rows: the output layer alone, then the output layer and each NLL; times are medians
-of --repeats calls, and the last column is each row's time over the output layer's.
+--tokens target tokens (default: 4 importance samples of 32 sentences of 24 tokens). Times are
+medians of --repeats calls; the last column is each row's time over the output layer's alone.
 """
 
 # bench/timing.py, imported first: it configures TensorFlow.
@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from savae_tf import objectives
 
-flags.DEFINE_integer("tokens", 4 * 32 * 24, "Target tokens per chunk.")
+flags.DEFINE_integer("tokens", 4 * 32 * 24, "Target tokens.")
 flags.DEFINE_integer("hidden", 128, "Decoder hidden size (the output layer's input).")
 flags.DEFINE_integer("vocab", 10002, "Vocabulary (the output layer's output).")
 flags.DEFINE_integer("repeats", 10, "Timed calls per row (median reported).")
@@ -32,22 +32,48 @@ def main(_):
   kernel = generator.normal([FLAGS.hidden, FLAGS.vocab], stddev=FLAGS.hidden ** -0.5)
   targets = generator.uniform([1, FLAGS.tokens], 0, FLAGS.vocab, tf.int32)  # one long row
   mask = tf.ones([1, FLAGS.tokens], bool)
+  direction = generator.normal([FLAGS.tokens, FLAGS.hidden])
 
-  def nll_of(for_gradient):
-    return tf.function(lambda: objectives.token_nll((hidden @ kernel)[None], targets, mask,
-                                                    for_gradient))
+  def fused(logits):
+    return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets,
+                                                                        logits=logits))
 
-  rows = [("output layer", tf.function(lambda: hidden @ kernel)),
-          ("output layer + fused cross-entropy (for_gradient=True)", nll_of(True)),
-          ("output layer + logsumexp - target logit (for_gradient=False)", nll_of(False))]
+  def written_out(logits):
+    return tf.reduce_sum(objectives.token_nll(logits, targets, mask))
+
+  def value(nll):
+    return lambda: nll((hidden @ kernel)[None])
+
+  def gradient(nll):  # with respect to the output layer's input, as the refinement's is
+    def run():
+      with tf.GradientTape() as tape:
+        tape.watch(hidden)
+        total = nll((hidden @ kernel)[None])
+      return tape.gradient(total, hidden)
+    return run
+
+  def second_order(nll):  # the Hessian of the NLL in `hidden` times a direction
+    def run():
+      with tf.GradientTape() as tape:
+        tape.watch([hidden, kernel])
+        directional = tf.reduce_sum(gradient(nll)() * direction)
+      return tape.gradient(directional, [hidden, kernel])
+    return run
+
+  rows = [("output layer", lambda: hidden @ kernel)]
+  for order, make in (("value", value), ("gradient", gradient),
+                      ("gradient of the gradient", second_order)):
+    rows += [(f"{order}: fused kernel", make(fused)), (f"{order}: written out", make(written_out))]
   print(describe_machine())
   print(f"tokens {FLAGS.tokens}, hidden {FLAGS.hidden}, vocabulary {FLAGS.vocab}")
   print("| computation | ms | x output layer |\n|---|---|---|")
   base = None
   for name, fn in rows:
-    seconds, _ = measure(lambda: fn().numpy(), FLAGS.repeats)
+    compiled = tf.function(fn)
+    seconds, _ = measure(lambda: tf.nest.map_structure(lambda t: t.numpy(), compiled()),
+                         FLAGS.repeats)
     base = base or seconds
-    print(f"| {name} | {seconds * 1000:.1f} | {seconds / base:.2f} |")
+    print(f"| {name} | {seconds * 1000:.1f} | {seconds / base:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -117,13 +117,12 @@ class Observation(NamedTuple):
     """Noise keys of each example's own content (padding excluded), folded with `words`."""
     return distributions.ExampleSeeds.of_content(self.content, self.mask, words)
 
-  def nll(self, logits, for_gradient=True):
+  def nll(self, logits):
     """-log p(x | z) per example from the decoder's logits: categorical over masked tokens, or
-    Bernoulli over every pixel. `for_gradient=False`: a value never differentiated (faster
-    for text; see `objectives.token_nll`)."""
+    Bernoulli over every pixel."""
     if self.mask is None:
       return objectives.pixel_nll(logits, self.targets)
-    return objectives.token_nll(logits, self.targets, self.mask, for_gradient)
+    return objectives.token_nll(logits, self.targets, self.mask)
 
   def units(self):
     """Predicted tokens (text) or pixels (images) per example, [batch] int32."""
@@ -520,8 +519,7 @@ class SemiAmortizedVAE(keras.Model):
       tiled = tf.tile(context, tf.concat([[samples], tf.ones([tf.rank(context) - 1], tf.int32)],
                                          0))
       logits = self.decoder.logits(tiled, tf.reshape(z, [samples * batch, -1]), training=False)
-      return -tf.reshape(obs.tiled(samples).nll(logits, for_gradient=False),
-                         [samples, batch])
+      return -tf.reshape(obs.tiled(samples).nll(logits), [samples, batch])
 
     return -objectives.iw_log_likelihood(log_likelihood, mean, logvar, num_samples,
                                          self.evaluation_seed(obs, 3),

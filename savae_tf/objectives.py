@@ -20,21 +20,19 @@ def target_mask(lengths, num_targets):
   return tf.sequence_mask(lengths - 1, maxlen=num_targets)
 
 
-def token_nll(logits, targets, mask, for_gradient=True):
+def token_nll(logits, targets, mask):
   """-log p(x | z) per example: the masked sum of the token cross-entropies
   logsumexp(logits) - logits[target].
 
-  logits: [..., time, vocab]; targets, mask: [..., time]. `for_gradient=False` is for values
-  that are never differentiated (the importance samples of `iw_nll`): the fused cross-entropy
-  kernel also forms the softmax its gradient needs, which at a 10,000-word vocabulary costs about
-  as much as the output layer itself (bench/nll_bench.py). Both give the same value.
+  logits: [..., time, vocab]; targets, mask: [..., time]. Written out rather than with the fused
+  `sparse_softmax_cross_entropy_with_logits`: the same values and derivatives, but the fused
+  kernel forms the softmax in its forward pass (wasted on values never differentiated, such as
+  `iw_nll`'s samples) and is slower to differentiate once and twice at a 10,000-word vocabulary
+  (bench/nll_bench.py), which the exact refinement does at every step.
   """
-  if not for_gradient:
-    target_logits = tf.gather(logits, targets[..., None], batch_dims=targets.shape.rank)[..., 0]
-    nll = tf.reduce_logsumexp(logits, -1) - target_logits
-    return tf.reduce_sum(tf.where(mask, nll, tf.zeros_like(nll)), axis=-1)
-  nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-  return tf.reduce_sum(nll * tf.cast(mask, nll.dtype), axis=-1)
+  target_logits = tf.gather(logits, targets[..., None], batch_dims=targets.shape.rank)[..., 0]
+  nll = tf.reduce_logsumexp(logits, -1) - target_logits
+  return tf.reduce_sum(tf.where(mask, nll, tf.zeros_like(nll)), axis=-1)
 
 
 def pixel_nll(logits, images):

@@ -89,22 +89,51 @@ def test_active_units_counts_dimensions_above_the_threshold():
   assert int(objectives.active_units(tf.constant([0.5, 0.001, 0.02]), threshold=0.1)) == 1
 
 
-@pytest.mark.parametrize("for_gradient", [True, False])
-def test_token_nll_masks_padding_and_matches_sentences_run_one_by_one(for_gradient):
+def test_token_nll_masks_padding_and_matches_sentences_run_one_by_one():
   rng = np.random.default_rng(0)
   lengths = tf.constant([6, 3, 4])  # tokens incl. <s> and </s>; targets = length - 1
   logits = tf.constant(rng.normal(size=(3, 5, 7)), tf.float64)
   targets = tf.constant(rng.integers(0, 7, size=(3, 5)), tf.int32)
   mask = objectives.target_mask(lengths, 5)
-  batched = objectives.token_nll(logits, targets, mask, for_gradient)
+  batched = objectives.token_nll(logits, targets, mask)
   for i, length in enumerate(lengths.numpy()):
     n = length - 1
-    alone = objectives.token_nll(logits[i:i + 1, :n], targets[i:i + 1, :n], tf.ones([1, n], bool),
-                                 for_gradient)
+    alone = objectives.token_nll(logits[i:i + 1, :n], targets[i:i + 1, :n], tf.ones([1, n], bool))
     np.testing.assert_allclose(batched[i], alone[0], rtol=1e-12)
   log_probs = tf.nn.log_softmax(logits)
   by_hand = -sum(float(log_probs[1, t, targets[1, t]]) for t in range(2))
   assert float(batched[1]) == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_token_nll_has_the_fused_cross_entropys_first_and_second_derivatives_in_float64():
+  """The refinement differentiates the NLL twice; the written-out form must agree with
+  TensorFlow's fused kernel in both orders, padding included (and send nothing through it)."""
+  rng = np.random.default_rng(1)
+  logits = tf.constant(rng.normal(size=(3, 5, 7)) * 3, tf.float64)
+  targets = tf.constant(rng.integers(0, 7, size=(3, 5)), tf.int32)
+  mask = objectives.target_mask(tf.constant([6, 3, 4]), 5)
+  weights = tf.constant(rng.normal(size=(3,)), tf.float64)
+  direction = tf.constant(rng.normal(size=(3, 5, 7)), tf.float64)
+
+  def fused(logits):
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    return tf.reduce_sum(nll * tf.cast(mask, nll.dtype), axis=-1)
+
+  def derivatives(nll_fn):
+    with tf.GradientTape() as outer:
+      outer.watch(logits)
+      with tf.GradientTape() as inner:
+        inner.watch(logits)
+        value = tf.reduce_sum(nll_fn(logits) * weights)
+      gradient = inner.gradient(value, logits)
+      directional = tf.reduce_sum(gradient * direction)
+    return value, gradient, outer.gradient(directional, logits)
+
+  ours = derivatives(lambda x: objectives.token_nll(x, targets, mask))
+  for a, b in zip(ours, derivatives(fused)):
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+  padded = ~mask.numpy()
+  assert np.all(ours[1].numpy()[padded] == 0) and np.all(ours[2].numpy()[padded] == 0)
 
 
 def test_pixel_nll_is_the_bernoulli_negative_log_likelihood_summed_over_pixels():
