@@ -30,6 +30,7 @@ def token_nll(logits, targets, mask):
   `iw_nll`'s samples) and is slower to differentiate once and twice at a 10,000-word vocabulary
   (bench/nll_bench.py), which the exact refinement does at every step.
   """
+  targets = tf.convert_to_tensor(targets)
   target_logits = tf.gather(logits, targets[..., None], batch_dims=targets.shape.rank)[..., 0]
   nll = tf.reduce_logsumexp(logits, -1) - target_logits
   return tf.reduce_sum(tf.where(mask, nll, tf.zeros_like(nll)), axis=-1)

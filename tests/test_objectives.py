@@ -96,6 +96,7 @@ def test_token_nll_masks_padding_and_matches_sentences_run_one_by_one():
   targets = tf.constant(rng.integers(0, 7, size=(3, 5)), tf.int32)
   mask = objectives.target_mask(lengths, 5)
   batched = objectives.token_nll(logits, targets, mask)
+  np.testing.assert_array_equal(objectives.token_nll(logits, targets.numpy(), mask), batched)
   for i, length in enumerate(lengths.numpy()):
     n = length - 1
     alone = objectives.token_nll(logits[i:i + 1, :n], targets[i:i + 1, :n], tf.ones([1, n], bool))
