@@ -193,6 +193,20 @@ def test_step_carries_the_state_as_the_whole_sequence_does(latent_dim):
     np.testing.assert_allclose(logits, expected[:, t], rtol=1e-5, atol=1e-6)
 
 
+def step_by_step(gates, h0, c0, recurrent_kernel, mask=None):
+  """The reference recurrence: `lstm_cell` in a Python loop (TensorFlow differentiates it),
+  carrying the state where `mask` [batch, time] is False; (outputs, final state)."""
+  h, c, outputs = h0, c0, []
+  for t in range(gates.shape[1]):
+    new = text.lstm_cell(gates[:, t], text.LSTMState(h, c), recurrent_kernel)
+    if mask is not None:
+      keep = mask[:, t, None]
+      new = text.LSTMState(tf.where(keep, new.h, h), tf.where(keep, new.c, c))
+    h, c = new
+    outputs.append(h)
+  return tf.stack(outputs, 1), text.LSTMState(h, c)
+
+
 @pytest.mark.parametrize("masked", [True, False])  # without a mask no step selects
 def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_float64(masked):
   rng = np.random.default_rng(9)
@@ -210,16 +224,8 @@ def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_flo
   def loss(outputs, final):
     return tf.reduce_sum(outputs * weights) + tf.reduce_sum(final.h * final.c)
 
-  def reference():  # the recurrence step by step, differentiated by TensorFlow
-    h, c, outputs = state.h, state.c, []
-    for t in range(steps):
-      new = text.lstm_cell(gates[:, t], text.LSTMState(h, c), tf.convert_to_tensor(kernel))
-      if masked:
-        keep = mask[:, t, None]
-        new = text.LSTMState(tf.where(keep, new.h, h), tf.where(keep, new.c, c))
-      h, c = new
-      outputs.append(h)
-    return loss(tf.stack(outputs, 1), text.LSTMState(h, c))
+  def reference():
+    return loss(*step_by_step(gates, state.h, state.c, tf.convert_to_tensor(kernel), mask))
 
   sources = [gates, state.h, state.c, kernel]
   with tf.GradientTape() as tape:
@@ -245,7 +251,8 @@ def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_flo
 def test_the_hand_written_second_order_sweep_matches_autodiff_of_the_recurrence_in_float64(
     compiled, masked):
   """Gradient of a gradient (the Hessian of a loss times a direction) in every input of the
-  recurrence, with padding, against TensorFlow differentiating the step-by-step loop twice."""
+  recurrence, with padding and without a mask, against TensorFlow differentiating the
+  step-by-step loop twice."""
   rng = np.random.default_rng(10)
   batch, steps, hidden = 3, 7, 4
   layer = keras.layers.LSTM(hidden, dtype="float64")
@@ -269,15 +276,7 @@ def test_the_hand_written_second_order_sweep_matches_autodiff_of_the_recurrence_
     return loss(*text.lstm_sequence(Layer, gates, text.LSTMState(h0, c0), mask))
 
   def reference(gates, h0, c0, recurrent_kernel):
-    h, c, outputs = h0, c0, []
-    for t in range(steps):
-      new = text.lstm_cell(gates[:, t], text.LSTMState(h, c), recurrent_kernel)
-      if masked:
-        keep = mask[:, t, None]
-        new = text.LSTMState(tf.where(keep, new.h, h), tf.where(keep, new.c, c))
-      h, c = new
-      outputs.append(h)
-    return loss(tf.stack(outputs, 1), text.LSTMState(h, c))
+    return loss(*step_by_step(gates, h0, c0, recurrent_kernel, mask))
 
   def hessian_vector_product(fn):
     with tf.GradientTape() as outer:
