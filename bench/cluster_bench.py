@@ -41,7 +41,7 @@ def measure_in_this_process():
   """Trains --warmup + --steps steps; prints the median seconds per step (the chief's)."""
   import numpy as np
   import keras
-  from savae_tf import cluster, training
+  from savae_tf import cluster, methods, training
   from savae_tf.data import text
   from savae_tf.model import SemiAmortizedVAE, SVIConfig
   from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
@@ -54,7 +54,8 @@ def measure_in_this_process():
   size = FLAGS.hidden
   with strategy.scope():
     keras.utils.set_random_seed(0)
-    model = SemiAmortizedVAE(LSTMDecoder(FLAGS.vocab, size, size, 32),
+    use_cudnn = methods.decoder_use_cudnn(FLAGS.model, SVIConfig().gradient)
+    model = SemiAmortizedVAE(LSTMDecoder(FLAGS.vocab, size, size, 32, use_cudnn=use_cudnn),
                              LSTMEncoder(FLAGS.vocab, size, size, 32), mode=FLAGS.model,
                              latent_dim=32, svi_config=SVIConfig(steps=FLAGS.svi_steps))
     model.compile(optimizer=training.make_optimizer("sgd", 1.0, 5.0))

@@ -16,7 +16,7 @@ fixed binary batch; the median of `--repeats` calls after a warm-up.
 
 # bench/timing.py, imported first: it configures TensorFlow.
 from timing import (VARIANTS, describe_machine, exact_savae_floor, measure, refiner_gradient,
-                    step_configs, timed_step, latent_size)
+                    resolve_auto, step_configs, timed_step, latent_size)
 
 from absl import app
 from absl import flags
@@ -37,7 +37,8 @@ flags.DEFINE_integer("size", 28, "Image height and width.")
 flags.DEFINE_integer("batch", 16, "Images per batch.")
 flags.DEFINE_list("steps", ["20"], "Values of K.")
 flags.DEFINE_list("gradients", ["reverse"],
-                  "Gradient modes for savae; MODE:N keeps the last N steps (`keep_steps`).")
+                  "Gradient modes for savae; MODE:N keeps the last N steps (`keep_steps`); "
+                  "'auto' as --refine_gradient=auto chooses (printed).")
 flags.DEFINE_list("variants", list(VARIANTS),
                   "Which variants to time (the VAE step, the ratios' unit, always runs).")
 flags.DEFINE_integer("repeats", 3, "Timed steps per configuration (median reported).")
@@ -68,7 +69,7 @@ def encoder_forward_flops():
   return 2 * FLAGS.batch * total
 
 
-def make_step(mode, steps=0, gradient="none"):
+def make_step(mode, batch, steps=0, gradient="none"):
   keras.utils.set_random_seed(0)
   shape = (FLAGS.size, FLAGS.size)
   encoder = ResNetEncoder(FLAGS.latent_dim, FLAGS.enc_channels, FLAGS.enc_stages, shape)
@@ -77,6 +78,7 @@ def make_step(mode, steps=0, gradient="none"):
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=FLAGS.latent_dim,
                            svi_config=SVIConfig(steps=steps, **refiner_gradient(gradient)))
   model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0))
+  resolve_auto(model, batch, gradient)
   return model
 
 
@@ -98,7 +100,7 @@ def main(_):
   print("|---|---|---|---|---|---|---|")
   vae_time = None
   for mode, k, gradient in configs:
-    seconds, peak = measure(timed_step(make_step(mode, k, gradient), batch), FLAGS.repeats)
+    seconds, peak = measure(timed_step(make_step(mode, batch, k, gradient), batch), FLAGS.repeats)
     if mode == "vae":
       vae_time = seconds
     ratio = f"{seconds / vae_time:.1f}" if vae_time else "-"

@@ -43,7 +43,8 @@ class Decoder(keras.Model):
     super().__init__()
     self.embed = keras.layers.Embedding(vocab, hidden)
     self.init_h = keras.layers.Dense(hidden)
-    self.lstm = keras.layers.LSTM(hidden, return_sequences=True)
+    # Never cuDNN (no second-order gradient): the exact modes differentiate its gradient.
+    self.lstm = keras.layers.LSTM(hidden, return_sequences=True, use_cudnn=False)
     self.out = keras.layers.Dense(vocab)
 
   def call(self, tokens, z):

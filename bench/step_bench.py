@@ -21,7 +21,7 @@ step (the exact modes at the paper's size do) measures below it (BENCHMARKS.md).
 
 # bench/timing.py, imported first: it configures TensorFlow.
 from timing import (VARIANTS, describe_machine, exact_savae_floor, measure, refiner_gradient,
-                    step_configs, timed_step, latent_size)
+                    resolve_auto, step_configs, timed_step, latent_size)
 
 from absl import app
 from absl import flags
@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from savae_tf import methods
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
@@ -40,8 +41,9 @@ flags.DEFINE_integer("vocab", 10000, "Vocabulary size.")
 flags.DEFINE_integer("batch", 32, "Sentences per batch.")
 flags.DEFINE_integer("length", 21, "Predicted tokens per sentence.")
 flags.DEFINE_list("steps", ["10", "20"], "Values of K.")
-flags.DEFINE_list("gradients", ["reverse", "unrolled", "finite_difference"],
-                  "Gradient modes for savae; MODE:N keeps the last N steps (`keep_steps`).")
+flags.DEFINE_list("gradients", ["auto", "reverse", "unrolled", "finite_difference"],
+                  "Gradient modes for savae; MODE:N keeps the last N steps (`keep_steps`); "
+                  "'auto' as --refine_gradient=auto chooses (printed).")
 flags.DEFINE_list("variants", list(VARIANTS),
                   "Which variants to time (the VAE step, the ratios' unit, always runs).")
 flags.DEFINE_integer("repeats", 5, "Timed steps per configuration (median reported).")
@@ -60,14 +62,17 @@ def encoder_forward_flops():
       FLAGS.hidden_dim)
 
 
-def make_step(mode, steps=0, gradient="none"):
+def make_step(mode, batch, steps=0, gradient="none"):
+  """The compiled model of one row; gradient "auto" resolved on `batch` as the binaries do."""
   keras.utils.set_random_seed(0)
   encoder = LSTMEncoder(FLAGS.vocab, FLAGS.word_dim, FLAGS.hidden_dim, FLAGS.latent_dim)
   decoder = LSTMDecoder(FLAGS.vocab, FLAGS.word_dim, FLAGS.hidden_dim,
-                        latent_size(mode, FLAGS.latent_dim), dropout=0.5)
+                        latent_size(mode, FLAGS.latent_dim), dropout=0.5,
+                        use_cudnn=methods.decoder_use_cudnn(mode, gradient.partition(":")[0]))
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=FLAGS.latent_dim,
                            svi_config=SVIConfig(steps=steps, **refiner_gradient(gradient)))
   model.compile(optimizer=keras.optimizers.SGD(1.0, global_clipnorm=5.0))
+  resolve_auto(model, batch, gradient)
   return model
 
 
@@ -88,7 +93,7 @@ def main(_):
   print("|---|---|---|---|---|---|---|")
   vae_time = None
   for mode, k, gradient in configs:
-    seconds, peak = measure(timed_step(make_step(mode, k, gradient), batch), FLAGS.repeats)
+    seconds, peak = measure(timed_step(make_step(mode, batch, k, gradient), batch), FLAGS.repeats)
     if mode == "vae":
       vae_time = seconds
     ratio = f"{seconds / vae_time:.1f}" if vae_time else "-"

@@ -1,8 +1,7 @@
 """What the step benchmarks share: the measurement (median time and allocator peak of repeated
-calls) and the least work an exact SA-VAE step needs."""
+calls, waiting for the device) and the least work an exact SA-VAE step needs."""
 
 import os
-import threading
 import time
 
 # Before TensorFlow loads: quiet logs, and the BFC allocator, whose statistics the peak-memory
@@ -13,41 +12,9 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 import numpy as np
 import tensorflow as tf
 
+from savae_tf import devices
 from savae_tf import methods
-
-
-def _rss():
-  """This process's resident memory in bytes (Linux)."""
-  with open("/proc/self/statm") as statm:
-    return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class _RSSPeak:
-  """Peak resident memory of this process while in the block, sampled every millisecond."""
-
-  def __enter__(self):
-    self.done = threading.Event()
-    self.before = self.peak = _rss()
-    self.thread = threading.Thread(target=self._sample, daemon=True)
-    self.thread.start()
-    return self
-
-  def _sample(self):
-    while not self.done.wait(0.001):
-      self.peak = max(self.peak, _rss())
-
-  def __exit__(self, *exc):
-    self.done.set()
-    self.thread.join()
-
-
-def memory_source():
-  """"allocator" (TensorFlow's CPU allocator peak) where it can be reset, else "rss"."""
-  try:
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    return "allocator"
-  except (ValueError, RuntimeError, tf.errors.OpError):  # "Cannot reset memory stats"
-    return "rss"
+from savae_tf import training
 
 
 def describe_machine():
@@ -61,35 +28,36 @@ def describe_machine():
            if line.startswith("model name")]
   cpu = names[0] if names else "unknown CPU"
   vector = "AVX-512" if "avx512f" in cpuinfo else "AVX2" if "avx2" in cpuinfo else "no AVX2"
-  return (f"machine: {cpu} ({vector}), {os.cpu_count()} cores, TF {tf.__version__}, "
+  gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+          for gpu in tf.config.list_physical_devices("GPU")]
+  return (f"machine: {cpu} ({vector}), {os.cpu_count()} cores, "
+          f"GPU: {', '.join(gpus) or 'none'}, TF {tf.__version__}, "
           f"TF_CPU_ALLOCATOR_USE_BFC={os.environ.get('TF_CPU_ALLOCATOR_USE_BFC')}, peak memory "
-          f"from the {memory_source()}")
+          f"from the {devices.memory_source()} of {devices.memory_device()}")
 
 
 def measure(fn, repeats):
   """(median seconds per call, peak MiB allocated during the calls) after one warm-up call.
 
-  Peak is TensorFlow's CPU allocator peak minus what was allocated before the calls, or, where
+  Each call is timed until the device has finished it (`devices.synchronize`: on a GPU a call
+  returns when its kernels are queued). Peak is the allocator's peak on the device that computes
+  (the GPU's, or TensorFlow's CPU allocator) minus what was allocated before the calls, or, where
   the allocator cannot report it, the process's peak resident memory minus its memory before
-  (`memory_source`).
+  (`devices.PeakMemory`).
   """
   fn()  # trace and warm up
+  devices.synchronize()
   times = []
 
   def timed_calls():
     for _ in range(repeats):
       start = time.perf_counter()
       fn()
+      devices.synchronize()
       times.append(time.perf_counter() - start)
 
-  if memory_source() == "allocator":
-    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    timed_calls()
-    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
-  else:
-    with _RSSPeak() as rss:
-      timed_calls()
-    peak = rss.peak - rss.before
+  with devices.PeakMemory() as memory:
+    peak = memory.measure(timed_calls)
   return float(np.median(times)), peak / 2**20
 
 
@@ -167,6 +135,15 @@ def timed_step(model, batch):
 
 
 def refiner_gradient(spec: str):
-  """A benchmark's gradient flag value, MODE or MODE:N, as SVIConfig keywords (N: keep_steps)."""
+  """A benchmark's gradient flag value, MODE or MODE:N, as SVIConfig keywords (N: keep_steps);
+  "auto" is built as "unrolled" and resolved by `resolve_auto`."""
   gradient, _, keep_steps = spec.partition(":")
-  return dict(gradient=gradient, keep_steps=int(keep_steps or 0))
+  return dict(gradient="unrolled" if gradient == "auto" else gradient,
+              keep_steps=int(keep_steps or 0))
+
+
+def resolve_auto(model, batch, spec: str):
+  """For gradient spec "auto": chooses the model's gradient mode on `batch` as the binaries do
+  (their default --memory_fraction, 0.5) and prints the choice."""
+  if spec == "auto":
+    print(training.choose_refine_gradient(model, batch, 0.5).describe(), flush=True)

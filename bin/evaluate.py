@@ -31,6 +31,7 @@ from savae_tf.data import text
 from savae_tf.evaluate import evaluate_sentences
 
 savae_flags.define_seed_flag()
+savae_flags.define_device_flags()
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
 flags.DEFINE_string("model", None, "A SavedModel directory or a model directory.", required=True)
 flags.DEFINE_enum("data", None, ["synthetic", "ptb"], "A built-in test set: the synthetic "

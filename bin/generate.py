@@ -32,6 +32,7 @@ from savae_tf import flags as savae_flags
 from savae_tf.data import text
 
 savae_flags.define_seed_flag()
+savae_flags.define_device_flags()
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
 flags.DEFINE_string("model", None, "A SavedModel directory or a model directory.", required=True)
 flags.DEFINE_integer("num", 0, "Sentences to sample from the prior.", lower_bound=0)

@@ -28,6 +28,7 @@ from savae_tf.networks.linear_gaussian import LinearGaussian
 
 savae_flags.define_svi_flags()
 savae_flags.define_seed_flag()
+savae_flags.define_device_flags()
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
 flags.DEFINE_integer("batch_size", 16, "Examples in the batch.", lower_bound=1)
 flags.DEFINE_integer("data_dim", 8, "Dimension of x.", lower_bound=1)

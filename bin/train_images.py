@@ -39,6 +39,7 @@ from savae_tf.networks.image import PAPER_KERNEL_SIZES, GatedPixelCNN, ResNetEnc
 # Per-example step for images: chosen on the MNIST subset's validation data (RESULTS.md).
 savae_flags.define_svi_flags(per_example_lr=0.02)
 savae_flags.define_seed_flag()
+savae_flags.define_device_flags()
 savae_flags.define_training_flags(epochs=100, optimizer="adam", learning_rate=1e-3, warmup=10,
                                   batch_size=50)
 savae_flags.define_run_flags(presets=["omniglot"])
@@ -82,7 +83,7 @@ PRESETS = {"omniglot": dict(optimizer="adam", learning_rate=1e-3, max_grad_norm=
                             latent_feature_maps=4, num_valid=2000)}
 
 
-def build_model(image_shape, steps_per_epoch):
+def build_model(image_shape, train):
   kernel_sizes = [int(k) for k in FLAGS.kernel_sizes]
   encoder = ResNetEncoder(FLAGS.latent_dim, FLAGS.enc_channels, FLAGS.enc_stages, image_shape,
                           FLAGS.sync_batchnorm)
@@ -90,7 +91,7 @@ def build_model(image_shape, steps_per_epoch):
   decoder = GatedPixelCNN(latent, FLAGS.dec_channels, kernel_sizes, FLAGS.latent_feature_maps,
                           image_shape)
   return savae_flags.model_from_flags(decoder, encoder, FLAGS.model, FLAGS.latent_dim,
-                                      steps_per_epoch)
+                                      len(train), train.largest_batch())
 
 
 def main(_):
@@ -114,7 +115,7 @@ def main(_):
         "epoch", flush=True)
   try:
     with strategy.scope():
-      model = build_model(splits.image_shape, len(train))
+      model = build_model(splits.image_shape, train)
   except ValueError as error:  # even kernel sizes, too many stages
     raise app.UsageError(str(error)) from None
   try:

@@ -48,6 +48,8 @@ from savae_tf.networks.text import LSTMEncoder
 # Per-example step for the synthetic data: chosen on its validation set (RESULTS.md).
 savae_flags.define_svi_flags(per_example_lr=0.003)
 savae_flags.define_seed_flag()
+savae_flags.define_device_flags()
+savae_flags.define_xla_sweeps_flag()
 savae_flags.define_training_flags(epochs=5, optimizer="adam", learning_rate=1e-3, warmup=0)
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
 # The methods that train by plain `fit` (the synthetic data has no training-loop corpus).
@@ -85,14 +87,15 @@ PICTURED_SEQUENCES = 4  # panels of the posterior picture
 PICTURE_GRID_SIZE = 121
 
 
-def build_model(mode, generator_kind, oracle, steps_per_epoch):
+def build_model(mode, generator_kind, oracle, steps_per_epoch, largest_batch):
   if generator_kind == "oracle":
     decoder = oracle
   else:
     decoder = SyntheticGenerator(vocab_size=oracle.vocab_size, latent_dim=oracle.latent_dim)
-  encoder = LSTMEncoder(oracle.vocab_size + 1, 100, 100, oracle.latent_dim)
+  encoder = LSTMEncoder(oracle.vocab_size + 1, 100, 100, oracle.latent_dim,
+                        xla_sweeps=FLAGS.xla_sweeps)
   return savae_flags.model_from_flags(decoder, encoder, mode, oracle.latent_dim,
-                                      steps_per_epoch, synthetic.SEQUENCE_LENGTH)
+                                      steps_per_epoch, largest_batch, synthetic.SEQUENCE_LENGTH)
 
 
 def reported_bound(mode, metrics):
@@ -163,6 +166,8 @@ def main(_):
   valid = (synthetic.as_dataset(data.splits["valid"], EVAL_BATCH_SIZE)
            if FLAGS.select_on_validation else None)
   steps_per_epoch = -(-FLAGS.num_train // FLAGS.batch_size)
+  # Every sequence has the same length: any full batch is the largest.
+  largest_batch = {name: value[:FLAGS.batch_size] for name, value in data.splits["train"].items()}
   modes = TABLE_MODES if FLAGS.model == "all" else (FLAGS.model,)
   kinds = ("oracle", "learned") if FLAGS.generator == "both" else (FLAGS.generator,)
   vocabulary = synthetic.vocabulary(data.oracle.vocab_size)
@@ -171,7 +176,7 @@ def main(_):
   curves = []  # each trained model's training_curves.png
   for kind in kinds:
     for mode in modes:
-      model = build_model(mode, kind, data.oracle, steps_per_epoch)
+      model = build_model(mode, kind, data.oracle, steps_per_epoch, largest_batch)
       start = time.time()
       best_epoch = None
       if model.trainable_variables:

@@ -35,6 +35,8 @@ from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 # Per-example step for text: chosen on Penn Treebank's validation data (RESULTS.md).
 savae_flags.define_svi_flags(per_example_lr=0.03)
 savae_flags.define_seed_flag()
+savae_flags.define_device_flags()
+savae_flags.define_xla_sweeps_flag()
 savae_flags.define_training_flags(epochs=30, optimizer="sgd", learning_rate=1.0, warmup=10)
 savae_flags.define_run_flags(presets=["yahoo"])
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
@@ -125,12 +127,14 @@ def streamed_training_data():
 def build_model(vocabulary, train):
   init = FLAGS.init_scale or None
   encoder = LSTMEncoder(len(vocabulary), FLAGS.enc_word_dim, FLAGS.enc_h_dim, FLAGS.latent_dim,
-                        init_scale=init)
+                        init_scale=init, xla_sweeps=FLAGS.xla_sweeps)
   latent = 0 if FLAGS.model == "autoreg" else FLAGS.latent_dim
   decoder = LSTMDecoder(len(vocabulary), FLAGS.dec_word_dim, FLAGS.dec_h_dim, latent,
                         dropout=FLAGS.dropout, init_scale=init,
-                        use_cudnn=savae_flags.decoder_use_cudnn(FLAGS.model))
+                        use_cudnn=savae_flags.decoder_use_cudnn(FLAGS.model),
+                        xla_sweeps=FLAGS.xla_sweeps)
   return savae_flags.model_from_flags(decoder, encoder, FLAGS.model, FLAGS.latent_dim, len(train),
+                                      train.largest_batch(),
                                       generation_length=train.longest - 1)  # after <s>
 
 

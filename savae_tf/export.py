@@ -15,6 +15,7 @@ from absl import logging as absl_logging
 import tensorflow as tf
 
 from savae_tf import decoding
+from savae_tf import devices
 from savae_tf import distributions
 from savae_tf import runs
 from savae_tf.data.text import Vocabulary
@@ -328,13 +329,17 @@ def model_export(model: SemiAmortizedVAE, vocabulary: Optional[Vocabulary]) -> M
 def export(model: SemiAmortizedVAE, vocabulary: Optional[Vocabulary], export_dir: str,
            version: Optional[int] = None) -> str:
   """Writes the SavedModel to `<export_dir>/<version>/` (default: the next version); returns it.
-  `vocabulary` is the text model's, None for an image model."""
-  module = model_export(model, vocabulary)
+  `vocabulary` is the text model's, None for an image model.
+
+  Traced portably (`devices.portable`): whatever device this runs on, the graphs hold no GPU-only
+  kernel (cuDNN's LSTM) and no XLA cluster, so a model trained on a GPU serves on a CPU."""
   path = os.path.join(export_dir, str(version or next_version(export_dir)))
   if os.path.exists(path):
     raise FileExistsError(f"{path} exists; export versions are never overwritten.")
-  module.add_dict_endpoints()
-  tf.saved_model.save(module, path, signatures=module.signatures())
+  with devices.portable():
+    module = model_export(model, vocabulary)
+    module.add_dict_endpoints()
+    tf.saved_model.save(module, path, signatures=module.signatures())
   return path
 
 

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from savae_tf import cluster
 from savae_tf import console
+from savae_tf import devices
 from savae_tf import methods
 from savae_tf import runs
 from savae_tf import schedules
@@ -50,12 +51,17 @@ def define_svi_flags(per_example_lr: float = DEFAULT_SVI_LR["per_example"]):
       "The refiner's clip: L2 norm of the mean and logvar gradients, clipped separately, per "
       "example (or over the whole batch with --svi_step_scale=batch_mean); <= 0 disables it.")
   flags.DEFINE_enum(
-      "refine_gradient", "reverse", svi.GRADIENT_MODES,
-      "How gradients flow through the refinement: 'unrolled' (exact, memory grows with K), "
-      "'reverse' (exact Hessian-vector products, memory flat in K), 'finite_difference' "
-      "(approximate; first-order gradients only, so it runs on cuDNN LSTM kernels), 'none'. "
-      "The exact modes need second-order gradients, which cuDNN LSTM kernels lack: with them "
-      "an SA-VAE's decoder never runs cuDNN.")
+      "refine_gradient", "auto", ("auto",) + svi.GRADIENT_MODES,
+      "How gradients flow through the refinement: 'auto' (the fastest exact mode whose memory "
+      "fits --memory_fraction of the device's free memory, measured on the largest batch: "
+      "'unrolled', else 'reverse' keeping as many steps as fit), 'unrolled' (exact, memory "
+      "grows with K), 'reverse' (exact Hessian-vector products, memory flat in K), "
+      "'finite_difference' (approximate; first-order gradients only, so it runs on cuDNN LSTM "
+      "kernels), 'none'. The exact modes need second-order gradients, which cuDNN LSTM kernels "
+      "lack: with them an SA-VAE's decoder never runs cuDNN.")
+  flags.DEFINE_float("memory_fraction", 0.5, "--refine_gradient=auto's budget: this fraction of "
+                     "the free memory of the GPU (or, without one, of the host).",
+                     lower_bound=0.01, upper_bound=1.0)
   flags.DEFINE_integer(
       "refine_keep_steps", 0,
       "Memory budget of 'reverse' and 'finite_difference', in steps: the last N refinement "
@@ -105,6 +111,9 @@ def define_training_flags(epochs: int, optimizer: str, learning_rate: float, war
                        lower_bound=0)
   flags.DEFINE_integer("num_samples", 500, "Importance samples for the test iw_nll (0 skips it).",
                        lower_bound=0)
+  flags.DEFINE_bool("jit_compile", False, "Compile the whole training step with XLA. Off by "
+                    "default on every device (Keras' own default would turn it on for the image "
+                    "models wherever a GPU is present): not yet measured to help.")
 
 
 def define_run_flags(presets):
@@ -175,6 +184,21 @@ def set_precision_policy():
   keras.mixed_precision.set_dtype_policy(flags.FLAGS.mixed_precision)
 
 
+def define_device_flags():
+  """The precision switch every binary that refines has (`run` applies it)."""
+  flags.DEFINE_bool("tf32", False, "Allow TF32 matrix products on GPUs that have them (Ampere "
+                    "and later): faster, but with 10-bit mantissas, which spoils "
+                    "finite_difference's central differences and costs exact Hessian-vector "
+                    "products digits. Off: full float32 (docs/method.md).")
+
+
+def define_xla_sweeps_flag():
+  """--xla_sweeps, for binaries with LSTMs."""
+  flags.DEFINE_enum("xla_sweeps", "auto", devices.XLA_SETTINGS,
+                    "Compile the hand-written LSTM recurrences (what an exact refinement runs) "
+                    "with XLA: 'auto' on a GPU only (on CPU XLA measured slower, BENCHMARKS.md).")
+
+
 def define_seed_flag():
   flags.DEFINE_integer("seed", 3435, "Random seed; a run on CPU with the same seed repeats.")
 
@@ -205,11 +229,8 @@ def apply_preset(presets: Dict[str, Dict[str, Any]]):
 
 
 def decoder_use_cudnn(mode: str):
-  """`use_cudnn` for the decoder of `mode`: False where it runs inside an exact refinement
-  (cuDNN has no second-order gradient), else "auto" (cuDNN when a GPU is present)."""
-  exact = (methods.METHODS[mode].differentiates_refinement
-           and flags.FLAGS.refine_gradient in svi.EXACT_MODES)
-  return False if exact else "auto"
+  """`methods.decoder_use_cudnn` for `mode` and --refine_gradient."""
+  return methods.decoder_use_cudnn(mode, flags.FLAGS.refine_gradient)
 
 
 def kl_schedule(steps_per_epoch: int):
@@ -232,13 +253,16 @@ def _kl_schedule(steps_per_epoch: int):
 
 
 def model_from_flags(decoder, encoder, mode: str, latent_dim: int, steps_per_epoch: int,
+                     largest_batch: Dict[str, Any],
                      generation_length: Optional[int] = None) -> SemiAmortizedVAE:
   """The training binaries' model: the refiner, warm-up, seed and optimizer from the shared
   flags, compiled (build it inside the distribution strategy's scope); `generation_length` as
-  `SemiAmortizedVAE` takes it (text)."""
+  `SemiAmortizedVAE` takes it (text). `largest_batch`, the largest the run trains on, is where
+  --refine_gradient=auto measures memory."""
   f = flags.FLAGS
   batch_mean = f.svi_step_scale == "batch_mean"
-  svi_config = SVIConfig(steps=f.svi_steps, gradient=f.refine_gradient,
+  auto = f.refine_gradient == "auto"
+  svi_config = SVIConfig(steps=f.svi_steps, gradient="unrolled" if auto else f.refine_gradient,
                          keep_steps=f.refine_keep_steps,
                          batch_size=f.batch_size if batch_mean else None, **svi_settings())
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=latent_dim,
@@ -250,7 +274,10 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int, steps_per_epo
   if keras.mixed_precision.dtype_policy().name == "mixed_float16":
     # float16 gradients underflow unless the loss is scaled (dynamically, as Keras does).
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-  model.compile(optimizer=optimizer, auto_scale_loss=False)
+  model.compile(optimizer=optimizer, auto_scale_loss=False, jit_compile=f.jit_compile)
+  if auto and model.method.differentiates_refinement and f.svi_steps:
+    print(training.choose_refine_gradient(model, largest_batch, f.memory_fraction).describe(),
+          flush=True)
   return model
 
 
@@ -259,10 +286,12 @@ def run(main):
   checkpoint shard, for one) are off unless --verbosity is given, so that what the binary prints
   is what a user reads; warnings and errors stay, and TensorFlow's device start-up lines are
   hidden as its import's are (`console`). A usage error is its message and one line pointing at
-  --help (absl would print the whole help before it)."""
+  --help (absl would print the whole help before it). Matrix products run in full float32 (TF32
+  off) unless the binary has --tf32 and it is given."""
   def quiet_main(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
+    devices.set_tf32("tf32" in flags.FLAGS and flags.FLAGS.tf32)
     if "strategy" not in flags.FLAGS or flags.FLAGS.strategy != "multi_worker":
       # Starts the devices now (a cluster's strategy must come first: `strategy`).
       with console.start_up_logs_hidden():

@@ -323,6 +323,13 @@ class SemiAmortizedVAE(keras.Model):
       config["kl_schedule"] = schedules.from_config(config["kl_schedule"])
     return cls(**config)
 
+  def compile(self, *args, jit_compile=False, **kwargs):
+    """Keras' `compile`, with XLA off unless asked for (`jit_compile=True`). Keras' default,
+    "auto", turns XLA on wherever a GPU is present and every layer allows it (the image models):
+    a whole step of nested tapes, while loops and custom gradients compiled by a path never
+    measured, whose `Assert`s (the NaN stop) XLA drops, recompiled for every new batch shape."""
+    super().compile(*args, jit_compile=jit_compile, **kwargs)
+
   @property
   def metrics(self):
     return (list(self.trackers.values()) + list(self.eval_trackers.values())

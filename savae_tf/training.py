@@ -5,12 +5,13 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import keras
 import tensorflow as tf
 
 from savae_tf import cluster
+from savae_tf import devices
 from savae_tf import evaluate
 from savae_tf import figures
 
@@ -50,6 +51,48 @@ def make_optimizer(name: str, learning_rate: float, max_grad_norm: float):
   if name == "adam":
     return keras.optimizers.Adam(learning_rate, epsilon=1e-8, global_clipnorm=clip)
   raise ValueError(f"Unknown optimizer {name!r}; expected one of {OPTIMIZERS}.")
+
+
+def refinement_memory(model, batch) -> Tuple[int, int]:
+  """(base, per step): the bytes one training gradient of `model` on `batch` needs when its
+  refinement is unrolled, apart from the K steps' activations, and per step of them. Measured
+  (`devices.PeakMemory`) at K = 1 and K = 2, so whatever the networks are, and on the device that
+  trains; the model's state (BatchNorm's moving statistics) is left as it was."""
+  state = [v.numpy() for v in model.non_trainable_variables]
+  config = model.svi_config
+  model.svi_config = dataclasses.replace(config, gradient="unrolled", keep_steps=0)
+  data = {name: tf.constant(value) for name, value in batch.items()}
+
+  def gradient_fn(steps):
+    def replica_gradient():
+      with tf.GradientTape() as tape:
+        out = model.forward(data, tf.constant([model.seed, 0]), True, tf.constant(1.0), steps,
+                            None)
+        objective = out["loss"] + out.get("encoder_loss", 0.0)
+      return tape.gradient(objective, model.trainable_variables)
+    # Each replica takes the whole batch: an upper bound for its share.
+    return tf.function(lambda: tf.distribute.get_strategy().run(replica_gradient))
+
+  try:
+    with devices.PeakMemory() as memory:
+      one, two = (memory.measure(gradient_fn(steps)) for steps in (1, 2))
+  finally:
+    model.svi_config = config
+    for variable, value in zip(model.non_trainable_variables, state):
+      variable.assign(value)
+  return max(2 * one - two, 0), max(two - one, 0)
+
+
+def choose_refine_gradient(model, batch, memory_fraction: float) -> devices.GradientChoice:
+  """Gradient mode "auto": sets `model.svi_config`'s gradient and keep_steps to
+  `devices.choose_refine_gradient`'s for its K, measured on `batch` (the largest a run trains
+  on), within `memory_fraction` of the device's free memory; returns the choice."""
+  base, step = refinement_memory(model, batch)
+  choice = devices.choose_refine_gradient(model.svi_config.steps, base, step,
+                                          devices.memory_budget(memory_fraction))
+  model.svi_config = dataclasses.replace(model.svi_config, gradient=choice.gradient,
+                                         keep_steps=choice.keep_steps)
+  return choice
 
 
 def selection_metric(model) -> str:

@@ -1,12 +1,82 @@
-"""Test configuration: quiet TensorFlow, deterministic ops, CPU only."""
+"""Test configuration: quiet TensorFlow, deterministic ops, CPU only.
 
+Tests marked `gpu` need a real GPU: skipped without one. `SAVAE_TF_GPU_TESTS=1` (what
+`bench/device_check.py` sets to run them) leaves the GPU visible; otherwise every test runs on the
+CPU, and a test that needs TensorFlow to believe a GPU is there uses `simulated_gpu`.
+"""
+
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# TensorFlow's CPU allocator then tracks its peak, which `devices.PeakMemory` reads (memory
+# figures of tiny test models are lost in the process's resident memory).
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+if os.environ.get("SAVAE_TF_GPU_TESTS") != "1":
+  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import numpy as np
 import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+  if not any(item.get_closest_marker("gpu") for item in items):
+    return
+  import tensorflow as tf
+  if tf.config.list_physical_devices("GPU"):
+    return
+  skip = pytest.mark.skip(reason="needs a GPU (bench/device_check.py runs it where one is)")
+  for item in items:
+    if item.get_closest_marker("gpu"):
+      item.add_marker(skip)
+
+
+@contextlib.contextmanager
+def simulated_gpu():
+  """TensorFlow reports a GPU (physical and logical) while in the block, to whatever asks
+  `tf.config` (savae_tf.devices, Keras' cuDNN and XLA choices); nothing runs on it."""
+  import tensorflow as tf
+  real_physical, real_logical = tf.config.list_physical_devices, tf.config.list_logical_devices
+
+  def with_gpu(real, kind, name):
+    def listing(device_type=None):
+      devices = real(device_type)
+      if device_type in (None, "GPU"):
+        devices = devices + [kind(name=name, device_type="GPU")]
+      return devices
+    return listing
+
+  tf.config.list_physical_devices = with_gpu(real_physical, tf.config.PhysicalDevice,
+                                             "/physical_device:GPU:0")
+  tf.config.list_logical_devices = with_gpu(real_logical, tf.config.LogicalDevice,
+                                            "/device:GPU:0")
+  try:
+    yield
+  finally:
+    tf.config.list_physical_devices, tf.config.list_logical_devices = real_physical, real_logical
+
+
+def assert_close_to_scale(actual, expected, rtol=1e-4, floor=1e-5, names=None):
+  """Two float32 computations of one quantity (sequences of arrays matched in order, e.g. a
+  gradient per variable) agree on any CPU kind.
+
+  Each element may differ by `rtol` of itself plus `floor` times the largest element of the whole
+  quantity, and the whole differs by at most `rtol` of its norm. Float32 rounding scales with the
+  terms summed into an element, not with the element: a gradient that is zero in exact arithmetic
+  (a convolution's bias before BatchNorm) holds only the rounding of the terms that cancel in it,
+  and that rounding depends on the kernel's summation order, which differs between CPUs.
+  """
+  actual = [np.asarray(a, np.float64) for a in actual]
+  expected = [np.asarray(e, np.float64) for e in expected]
+  assert len(actual) == len(expected)
+  names = names or [str(i) for i in range(len(expected))]
+  whole = np.concatenate([e.ravel() for e in expected])
+  scale = np.abs(whole).max()
+  for name, a, e in zip(names, actual, expected):
+    np.testing.assert_allclose(a, e, rtol=rtol, atol=floor * scale, err_msg=name)
+  difference = np.concatenate([(a - e).ravel() for a, e in zip(actual, expected)])
+  assert np.linalg.norm(difference) <= rtol * np.linalg.norm(whole), (
+      f"relative difference {np.linalg.norm(difference) / np.linalg.norm(whole):.2e} > {rtol}")
 
 
 @pytest.fixture

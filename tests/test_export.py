@@ -404,3 +404,56 @@ def test_a_keras_model_scores_through_tfsm_layer_as_the_signature_does(
             "num_samples": tf.constant(7)}
   check_score_through_tfsm_layer(text_export[2], text_signatures["score"], in_memory["score"],
                                  inputs, atol=1e-5)
+
+
+SCORE_IN_A_FRESH_PROCESS = """
+import sys
+import numpy as np
+import tensorflow as tf
+score = tf.saved_model.load(sys.argv[1]).signatures["score"]
+out = score(sentences=tf.constant(%r), steps=tf.constant(4), num_samples=tf.constant(7))
+np.savez(sys.argv[2], **{key: value.numpy() for key, value in out.items()})
+""" % (SENTENCES,)
+
+
+def saved_ops(path):
+  """(every op type in the SavedModel's graphs and functions, names of functions XLA must
+  compile)."""
+  from tensorflow.core.protobuf import saved_model_pb2
+  saved = saved_model_pb2.SavedModel()
+  saved.ParseFromString((pathlib.Path(path) / "saved_model.pb").read_bytes())
+  ops, compiled = set(), set()
+  for graph in saved.meta_graphs:
+    ops |= {node.op for node in graph.graph_def.node}
+    for function in graph.graph_def.library.function:
+      ops |= {node.op for node in function.node_def}
+      if function.attr["_XlaMustCompile"].b:
+        compiled.add(function.signature.name)
+  return ops, compiled
+
+
+def test_an_export_traced_on_a_gpu_holds_no_gpu_only_op_and_serves_on_a_cpu(tmp_path):
+  from conftest import simulated_gpu
+  model, vocabulary = text_model("vae")  # its LSTMs may pick cuDNN (use_cudnn="auto")
+  with simulated_gpu():
+    path = export.export(model, vocabulary, str(tmp_path / "gpu"))
+  ops, compiled = saved_ops(path)
+  assert "VarHandleOp" in ops or "ReadVariableOp" in ops  # the graphs were read
+  assert not {op for op in ops if op.startswith("Cudnn")} and not compiled
+  # Served on a CPU: a fresh CPU-only process scores as the model here (on the CPU) does.
+  out = tmp_path / "score.npz"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run([sys.executable, "-c", SCORE_IN_A_FRESH_PROCESS, path, str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  reloaded = np.load(out)
+  score = export.TextModelExport(model, vocabulary).signatures()["score"]
+  for key, value in score(sentences=tf.constant(SENTENCES), steps=tf.constant(4),
+                          num_samples=tf.constant(7)).items():
+    np.testing.assert_allclose(reloaded[key], value.numpy(), rtol=1e-5, atol=1e-5, err_msg=key)
+  # What the test guards against: traced on a GPU but not portably, `encode` holds cuDNN's LSTM.
+  with simulated_gpu():
+    graph = export.TextModelExport(model, vocabulary).signatures()["encode"].graph.as_graph_def()
+  ops = {node.op for node in graph.node} | {node.op for function in graph.library.function
+                                            for node in function.node_def}
+  assert any(op.startswith("Cudnn") for op in ops)

@@ -3,12 +3,16 @@
 from absl import app
 from absl import flags
 import keras
+import numpy as np
 import pytest
 
 from savae_tf import flags as savae_flags
 from savae_tf import schedules
 from savae_tf.networks import text
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
+
+
+LARGEST_BATCH = {"tokens": np.ones([4, 6], np.int32), "lengths": np.full([4], 6, np.int32)}
 
 
 @pytest.fixture(scope="module")
@@ -20,12 +24,15 @@ def parse():
     savae_flags.define_seed_flag()
     savae_flags.define_precision_flag()
 
-  def parse_args(*args, model=False):
+  def parse_args(*args, model=False, mode="savae", decoder=None):
     values.unparse_flags()
+    if not any(arg.startswith("--refine_gradient") for arg in args):
+      # Not auto, whose measurement (two traced steps) the tests of auto take.
+      args = ("--refine_gradient=reverse", *args)
     values(["prog", *args])
     savae_flags.set_precision_policy()
-    built = savae_flags.model_from_flags(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2),
-                                         "savae", 2, 10)
+    built = savae_flags.model_from_flags(decoder or LSTMDecoder(9, 4, 4, 2),
+                                         LSTMEncoder(9, 4, 4, 2), mode, 2, 10, LARGEST_BATCH)
     keras.mixed_precision.set_dtype_policy("float32")
     return built if model else built.svi_config
 
@@ -66,25 +73,29 @@ def test_the_kl_schedule_and_free_bits_reach_the_model(parse):
 
 def test_the_reverse_sweeps_memory_budget_reaches_the_refiner(parse):
   assert parse().keep_steps == 0
-  assert parse("--refine_keep_steps=3").keep_steps == 3
+  assert parse("--refine_gradient=reverse", "--refine_keep_steps=3").keep_steps == 3
   assert parse("--refine_gradient=finite_difference", "--refine_keep_steps=2").keep_steps == 2
   with pytest.raises(flags.IllegalFlagValueError, match="needs --refine_gradient"):
     parse("--refine_gradient=unrolled", "--refine_keep_steps=3")
+  with pytest.raises(flags.IllegalFlagValueError, match="needs --refine_gradient"):
+    parse("--refine_gradient=auto", "--refine_keep_steps=3")  # auto chooses it
 
 
 def as_on_a_gpu(use_cudnn):
   return use_cudnn is True or use_cudnn == "auto"
 
 
-@pytest.mark.parametrize("mode", ["autoreg", "vae", "vae_svi", "savae"])
-@pytest.mark.parametrize("gradient", ["unrolled", "reverse", "finite_difference", "none"])
+@pytest.mark.parametrize("mode, gradient", [
+    (mode, gradient) for mode in ["autoreg", "vae", "vae_svi", "savae"]
+    for gradient in ["unrolled", "reverse", "finite_difference", "none"]] + [("savae", "auto")])
 def test_only_a_decoder_inside_an_exact_refinement_is_kept_off_cudnn(parse, monkeypatch, mode,
                                                                       gradient):
   parse(f"--refine_gradient={gradient}")
   monkeypatch.setattr(text, "runs_keras_lstm", as_on_a_gpu)
   decoder = LSTMDecoder(9, 4, 4, 2, use_cudnn=savae_flags.decoder_use_cudnn(mode))
-  model = savae_flags.model_from_flags(decoder, LSTMEncoder(9, 4, 4, 2), mode, 2, 10)
-  exact = mode == "savae" and gradient in ("unrolled", "reverse")
+  model = savae_flags.model_from_flags(decoder, LSTMEncoder(9, 4, 4, 2), mode, 2, 10,
+                                       LARGEST_BATCH)
+  exact = mode == "savae" and gradient in ("auto", "unrolled", "reverse")
   # Exact refinement: the hand-written recurrence; otherwise Keras' layer, free to pick cuDNN.
   assert model.decoder.has_second_order_gradient == exact
   assert model.decoder.use_cudnn == (False if exact else "auto")
@@ -94,7 +105,8 @@ def test_an_exact_refinement_refuses_a_decoder_that_would_run_cudnn(parse, monke
   parse("--refine_gradient=reverse")
   monkeypatch.setattr(text, "runs_keras_lstm", as_on_a_gpu)
   with pytest.raises(ValueError, match="no second-order gradient"):
-    savae_flags.model_from_flags(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), "savae", 2, 10)
+    savae_flags.model_from_flags(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), "savae", 2, 10,
+                                 LARGEST_BATCH)
 
 
 @pytest.mark.parametrize("policy, loss_scaled", [("float32", False), ("mixed_bfloat16", False),
@@ -104,3 +116,47 @@ def test_mixed_precision_sets_the_networks_policy_and_scales_float16s_loss(parse
   model = parse(f"--mixed_precision={policy}", model=True)
   assert model.decoder.dtype_policy.name == model.encoder.dtype_policy.name == policy
   assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == loss_scaled
+
+
+@pytest.mark.parametrize("budget, expected", [(2**40, ("unrolled", 0)), (None, ("reverse", 3)),
+                                              (1, ("reverse", 0))])
+def test_auto_measures_the_largest_batch_and_picks_the_mode_that_fits(parse, monkeypatch, capsys,
+                                                                      budget, expected):
+  from savae_tf import devices, training
+  measured, measure = [], training.refinement_memory
+
+  def memory(model, batch):
+    measured.append(measure(model, batch))
+    return measured[-1]
+
+  monkeypatch.setattr(training, "refinement_memory", memory)
+  if budget is None:  # room for the base and exactly 4 steps' activations: 3 kept + 1 swept
+    budget_of = lambda fraction: measured[-1][0] + 4 * measured[-1][1]  # noqa: E731
+  else:
+    budget_of = lambda fraction: budget  # noqa: E731
+  monkeypatch.setattr(devices, "memory_budget", budget_of)
+  config = parse("--refine_gradient=auto", "--svi_steps=5")
+  base, step = measured[-1]
+  assert step > 0 and base > 0  # each unrolled step keeps activations
+  assert (config.gradient, config.keep_steps) == expected
+  assert f"refine gradient auto: {expected[0]}" in capsys.readouterr().out
+
+
+def test_auto_leaves_what_it_measured_as_it_was(parse):
+  from savae_tf import training
+  from test_model import image_data, make_image_model
+  model = make_image_model("savae")
+  batch = {name: value.numpy() for name, value in image_data().items()}
+  model.train_step(image_data())  # BatchNorm's moving statistics move away from their start
+  before = [v.numpy() for v in model.non_trainable_variables]
+  config = model.svi_config
+  base, step = training.refinement_memory(model, batch)
+  assert base > 0 and step > 0
+  assert model.svi_config == config
+  for a, b in zip(before, model.non_trainable_variables):
+    np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_xla_for_the_whole_step_is_off_unless_asked(parse):
+  assert not parse(model=True).jit_compile
+  assert parse("--jit_compile", model=True).jit_compile

@@ -207,8 +207,10 @@ def step_by_step(gates, h0, c0, recurrent_kernel, mask=None):
   return tf.stack(outputs, 1), text.LSTMState(h, c)
 
 
+@pytest.mark.parametrize("xla", [False, True])  # each sweep compiled by XLA: the same numbers
 @pytest.mark.parametrize("masked", [True, False])  # without a mask no step selects
-def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_float64(masked):
+def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_float64(masked,
+                                                                                      xla):
   rng = np.random.default_rng(9)
   batch, steps, hidden = 3, 7, 4
   layer = keras.layers.LSTM(hidden, dtype="float64")
@@ -235,7 +237,7 @@ def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_flo
   def gradient():
     with tf.GradientTape() as tape:
       tape.watch(sources[:3])
-      value = loss(*text.lstm_sequence(layer, gates, state, mask))
+      value = loss(*text.lstm_sequence(layer, gates, state, mask, xla=xla))
     return value, tape.gradient(value, sources)
 
   results = [gradient()]  # no other tape
@@ -247,12 +249,14 @@ def test_the_hand_written_reverse_sweep_is_the_gradient_of_the_recurrence_in_flo
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("compiled,masked", [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("compiled,masked,xla", [
+    (False, True, False), (True, True, False), (True, False, False),
+    (False, True, True), (True, True, True), (True, False, True)])
 def test_the_hand_written_second_order_sweep_matches_autodiff_of_the_recurrence_in_float64(
-    compiled, masked):
+    compiled, masked, xla):
   """Gradient of a gradient (the Hessian of a loss times a direction) in every input of the
   recurrence, with padding and without a mask, against TensorFlow differentiating the
-  step-by-step loop twice."""
+  step-by-step loop twice; with the sweeps as they are and each compiled by XLA."""
   rng = np.random.default_rng(10)
   batch, steps, hidden = 3, 7, 4
   layer = keras.layers.LSTM(hidden, dtype="float64")
@@ -273,7 +277,7 @@ def test_the_hand_written_second_order_sweep_matches_autodiff_of_the_recurrence_
     class Layer:  # lstm_sequence reads only the units and the recurrent kernel
       units = hidden
       cell = type("Cell", (), {"recurrent_kernel": recurrent_kernel})
-    return loss(*text.lstm_sequence(Layer, gates, text.LSTMState(h0, c0), mask))
+    return loss(*text.lstm_sequence(Layer, gates, text.LSTMState(h0, c0), mask, xla=xla))
 
   def reference(gates, h0, c0, recurrent_kernel):
     return loss(*step_by_step(gates, h0, c0, recurrent_kernel, mask))

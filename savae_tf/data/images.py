@@ -257,6 +257,13 @@ class ImageBatches:
       images = binarize(images, [self.seed, epoch, index])
     return {"images": images[..., None]}
 
+  def largest_batch(self) -> Dict[str, np.ndarray]:
+    """A batch as large as any of these (placeholder images): what a training step's memory
+    is measured on."""
+    height, width = self.images.shape[1:]
+    return {"images": np.zeros([min(self.batch_size, len(self.images)), height, width, 1],
+                               np.float32)}
+
   def draw(self, key: int) -> Dict[str, np.ndarray]:
     """A training batch of images chosen at random, and binarized, by the integer `key` alone
     (the same key, the same batch): for methods that need batches beyond the epoch's order."""

@@ -274,6 +274,17 @@ class _SeededBatches:
       return np.arange(len(self))
     return np.random.default_rng([self.seed, epoch]).permutation(len(self))
 
+  def largest_batch(self) -> Dict[str, np.ndarray]:
+    """A batch of the most sentences any batch has, each of the longest sentence's length: the
+    most memory a training step on this corpus can need (the tokens are placeholders)."""
+    rows = max(self.batch_rows())
+    return {"tokens": np.zeros([rows, self.longest], np.int32),
+            "lengths": np.full([rows], self.longest, np.int32)}
+
+  def batch_rows(self) -> Iterable[int]:
+    """Sentences per batch, of every batch."""
+    raise NotImplementedError
+
   def draw(self, key: int) -> Dict[str, np.ndarray]:
     """A training batch chosen at random by the integer `key` alone (the same key, the same
     batch): for methods that need batches beyond the epoch's order."""
@@ -302,6 +313,9 @@ class BatchedCorpus(_SeededBatches):
 
   def __len__(self):
     return len(self.padded)
+
+  def batch_rows(self):
+    return (len(batch["lengths"]) for batch in self.padded)
 
   def batches(self, indices):
     return (self.padded[i] for i in indices)
@@ -340,6 +354,9 @@ class StreamingCorpus(_SeededBatches):
 
   def __len__(self):
     return len(self.index)
+
+  def batch_rows(self):
+    return (len(rows) for rows in self.index)
 
   def batches(self, indices):
     with open(self.path, "rb") as f:

@@ -5,6 +5,8 @@ Adding a method: a `Method` subclass in its own file, a test, and one entry belo
 
 from typing import Dict, Type
 
+from savae_tf import svi
+
 from savae_tf.methods.aggressive import Aggressive
 from savae_tf.methods.base import Batch, Method
 from savae_tf.methods.language_model import LanguageModel
@@ -19,10 +21,19 @@ METHODS: Dict[str, Type[Method]] = {
                                        Aggressive)}
 
 
+def decoder_use_cudnn(name: str, gradient: str):
+  """`use_cudnn` for the LSTM decoder of method `name` refining with gradient mode `gradient`:
+  False where it runs inside an exact refinement ("unrolled", "reverse", or "auto", which picks
+  one of them; cuDNN has no second-order gradient), else "auto" (cuDNN when a GPU is present)."""
+  exact = METHODS[name].differentiates_refinement and (gradient == "auto"
+                                                       or gradient in svi.EXACT_MODES)
+  return False if exact else "auto"
+
+
 def get(name: str) -> Method:
   if name not in METHODS:
     raise ValueError(f"Unknown mode {name!r}; expected one of {tuple(METHODS)}.")
   return METHODS[name]()
 
 
-__all__ = ["Batch", "METHODS", "Method", "get"]
+__all__ = ["Batch", "METHODS", "Method", "decoder_use_cudnn", "get"]

@@ -69,8 +69,11 @@ class Aggressive(VAE):
     with tf.GradientTape() as tape:
       out = model.forward(data, seed, True, model.kl_weight(step), 0, None, refine=False)
       loss = out["loss"]
+      # Under mixed_float16 the encoder's optimizer is a LossScaleOptimizer too, whose apply
+      # divides by the scale: it must be given the scaled loss (unchanged otherwise).
+      scaled = self.encoder_optimizer.scale_loss(loss)
     variables = model.encoder.trainable_variables
-    self.encoder_optimizer.apply(tape.gradient(loss, variables), variables)
+    self.encoder_optimizer.apply(tape.gradient(scaled, variables), variables)
     units = tf.cast(tf.reduce_sum(out["tokens"]), tf.float32)
     return loss * tf.cast(tf.shape(out["tokens"])[0], tf.float32), units
 

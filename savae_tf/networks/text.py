@@ -25,7 +25,9 @@ h W_h stays inside the loop, whose gradient of a gradient is plain matrix produc
 the function of `keras.layers.LSTM` (whose weights it uses, gates in Keras' order i, f, c, o).
 `use_cudnn=True` (or "auto" on a machine with a GPU) runs `keras.layers.LSTM` itself, so cuDNN
 can serve it; cuDNN has no second-order gradient, so a decoder inside an exact refinement must be
-built with `use_cudnn=False` (the binaries do this from the gradient mode).
+built with `use_cudnn=False` (the binaries do this from the gradient mode). A graph traced inside
+`savae_tf.devices.portable()` (every SavedModel) always runs `lstm_sequence`, so it holds no
+cuDNN kernel. `xla_sweeps` ("auto": on a GPU) compiles `lstm_sequence`'s sweeps with XLA.
 """
 
 from typing import NamedTuple, Optional
@@ -33,6 +35,7 @@ from typing import NamedTuple, Optional
 import keras
 import tensorflow as tf
 
+from savae_tf import devices
 from savae_tf import distributions
 from savae_tf.distributions import GaussianParams
 
@@ -80,9 +83,11 @@ def dropout(x, rate: float, seed, training):
 
 def runs_keras_lstm(use_cudnn) -> bool:
   """Whether an LSTM built with `use_cudnn` runs `keras.layers.LSTM` (cuDNN-capable) rather than
-  `lstm_sequence`: when cuDNN is asked for, or allowed ("auto") and a GPU is present."""
-  return use_cudnn is True or (use_cudnn == "auto"
-                               and bool(tf.config.list_physical_devices("GPU")))
+  `lstm_sequence`: when cuDNN is asked for, or allowed ("auto") and a GPU is present; never
+  while tracing portably (`devices.portable`: a SavedModel must run on a CPU too)."""
+  if devices.tracing_portably():
+    return False
+  return use_cudnn is True or (use_cudnn == "auto" and devices.gpu_present())
 
 
 class LSTMState(NamedTuple):
@@ -145,8 +150,10 @@ def _forward_sweep(gates, h0, c0, recurrent_kernel, keep):
     activations = _select(kept, activations, tf.zeros_like(activations))
     return t + 1, h_t, c_t, hs.write(t, h_t), cs.write(t, c_t), acts.write(t, activations)
 
+  # maximum_iterations: XLA needs the TensorArrays' length bounded.
   _, _, _, hs, cs, acts = tf.while_loop(lambda t, *_: t < steps, body,
-                                        (tf.constant(0), h0, c0, *arrays))
+                                        (tf.constant(0), h0, c0, *arrays),
+                                        maximum_iterations=steps)
   return hs.stack(), cs.stack(), acts.stack()
 
 
@@ -198,7 +205,8 @@ def _reverse_sweep(acts, cs, c_prev, recurrent_kernel, keep, d_hs, d_cs, d_acts,
     return n + 1, dh, dc, arrays
 
   _, d_h0, d_c0, arrays = tf.while_loop(lambda n, *_: n < steps, body,
-                                        (tf.constant(0), zero_state, zero_state, arrays))
+                                        (tf.constant(0), zero_state, zero_state, arrays),
+                                        maximum_iterations=steps)
   return (arrays[0].stack(), d_h0, d_c0, *(a.stack() for a in arrays[1:]))
 
 
@@ -245,33 +253,61 @@ def _reverse_sweep_adjoint(acts, cs, c_prev, recurrent_kernel, keep, d_z, es, bi
     return t + 1, results["d_hs"], results["d_cs"], arrays
 
   _, _, _, arrays = tf.while_loop(lambda t, *_: t < steps, body,
-                                  (tf.constant(0), dd_h0, dd_c0, arrays))
+                                  (tf.constant(0), dd_h0, dd_c0, arrays),
+                                  maximum_iterations=steps)
   out = {name: array.stack() for name, array in arrays.items()}
   kernel_bar = tf.tensordot(out["dh_in"], d_z, [[0, 1], [0, 1]])  # d_h_t = d_z_t W_h^T
   return (out["acts"], out["cs"], out["c_prev"], kernel_bar, out["d_hs"], out["d_cs"],
           out["d_acts"])
 
 
-def _differentiable_reverse_sweep(acts, cs, c_prev, recurrent_kernel, keep, d_hs, d_cs, d_acts):
+class _Sweeps(NamedTuple):
+  forward: object
+  reverse: object
+  adjoint: object
+
+
+def _jit(fn):
+  """`fn` compiled by XLA (one program per shape; reduce_retracing keeps the Python-side traces
+  few across sentence lengths). Its callers are custom gradients, so no tape needs to see into
+  it: its inputs are detached, or a recording tape would ask TensorFlow for a differentiable
+  variant of the program, whose loop state cannot leave XLA."""
+  compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
+
+  def call(*args, **kwargs):
+    return compiled(*(None if a is None else tf.stop_gradient(a) for a in args), **kwargs)
+
+  return call
+
+
+# The three sweeps as they are, or each compiled whole by XLA: one fused program per sweep
+# instead of some 15-30 small kernels per time step (what bounds them on a GPU).
+_SWEEPS = {False: _Sweeps(_forward_sweep, _reverse_sweep, _reverse_sweep_adjoint),
+           True: _Sweeps(_jit(_forward_sweep), _jit(_reverse_sweep),
+                         _jit(_reverse_sweep_adjoint))}
+
+
+def _differentiable_reverse_sweep(acts, cs, c_prev, recurrent_kernel, keep, d_hs, d_cs, d_acts,
+                                  sweeps):
   """`_reverse_sweep` with `_reverse_sweep_adjoint` as its gradient (exact to second order: its
   own gradient treats the saved per-step values as constants)."""
 
   @tf.custom_gradient
   def sweep(acts, cs, c_prev, recurrent_kernel, d_hs, d_cs, d_acts):
-    d_z, d_h0, d_c0, es, big_cs = _reverse_sweep(acts, cs, c_prev, recurrent_kernel, keep, d_hs,
+    d_z, d_h0, d_c0, es, big_cs = sweeps.reverse(acts, cs, c_prev, recurrent_kernel, keep, d_hs,
                                                  d_cs, d_acts, keep_carries=True)
 
     def grad(dd_z, dd_h0, dd_c0):
       cotangents = [_zeros_if_none(d, x) for d, x in ((dd_z, d_z), (dd_h0, d_h0), (dd_c0, d_c0))]
-      return _reverse_sweep_adjoint(acts, cs, c_prev, recurrent_kernel, keep, d_z, es, big_cs,
-                                    d_acts, *cotangents)
+      return sweeps.adjoint(acts, cs, c_prev, recurrent_kernel, keep, d_z, es, big_cs, d_acts,
+                            *cotangents)
 
     return (d_z, d_h0, d_c0), grad
 
   return sweep(acts, cs, c_prev, recurrent_kernel, d_hs, d_cs, d_acts)
 
 
-def _lstm_scan(gates, h0, c0, recurrent_kernel, keep):
+def _lstm_scan(gates, h0, c0, recurrent_kernel, keep, sweeps):
   """`_forward_sweep`'s (hs, cs, acts), with `_differentiable_reverse_sweep` as its gradient.
 
   The gradient reads the op's own outputs rather than values saved inside it: a tape that
@@ -281,14 +317,14 @@ def _lstm_scan(gates, h0, c0, recurrent_kernel, keep):
 
   @tf.custom_gradient
   def scan(gates, h0, c0, recurrent_kernel):
-    hs, cs, acts = _forward_sweep(gates, h0, c0, recurrent_kernel, keep)
+    hs, cs, acts = sweeps.forward(gates, h0, c0, recurrent_kernel, keep)
 
     def grad(d_hs, d_cs, d_acts):
       hs, cs, acts = recorded["outputs"]
       d_hs, d_cs, d_acts = (_zeros_if_none(d, x)
                             for d, x in ((d_hs, hs), (d_cs, cs), (d_acts, acts)))
       d_z, d_h0, d_c0 = _differentiable_reverse_sweep(
-          acts, cs, _previous(c0, cs), recurrent_kernel, keep, d_hs, d_cs, d_acts)
+          acts, cs, _previous(c0, cs), recurrent_kernel, keep, d_hs, d_cs, d_acts, sweeps)
       return d_z, d_h0, d_c0, tf.tensordot(_previous(h0, hs), d_z, [[0, 1], [0, 1]])
 
     return (hs, cs, acts), grad
@@ -298,13 +334,14 @@ def _lstm_scan(gates, h0, c0, recurrent_kernel, keep):
 
 
 def lstm_sequence(layer: keras.layers.LSTM, gates, initial_state: Optional[LSTMState] = None,
-                  mask=None):
+                  mask=None, xla: bool = False):
   """Runs `lstm_cell` over gates [batch, time, 4 * hidden]; (outputs [batch, time, hidden], final
   state). Where `mask` [batch, time] is False the state is carried unchanged (so the final state
   is the one at each sequence's last real step), as `keras.layers.LSTM` does with a mask.
 
   Its gradient is a hand-written reverse sweep, and so is that gradient's gradient (what SA-VAE's
-  exact refinement takes): exact to second order."""
+  exact refinement takes): exact to second order. With `xla`, each sweep (forward, reverse, and
+  the reverse's adjoint) runs as one XLA program: the same values and derivatives."""
   hidden = layer.units
   batch = tf.shape(gates)[0]
   if initial_state is None:
@@ -312,19 +349,20 @@ def lstm_sequence(layer: keras.layers.LSTM, gates, initial_state: Optional[LSTMS
     initial_state = LSTMState(zeros, zeros)
   keep = None if mask is None else tf.transpose(mask)[:, :, None]
   hs, cs, _ = _lstm_scan(tf.transpose(gates, [1, 0, 2]), initial_state.h, initial_state.c,
-                         recurrent_kernel_of(layer, gates.dtype), keep)
+                         recurrent_kernel_of(layer, gates.dtype), keep, _SWEEPS[bool(xla)])
   outputs = tf.transpose(hs, [1, 0, 2])
   outputs.set_shape([None, None, hidden])
   return outputs, LSTMState(hs[-1], cs[-1])
 
 
-def run_lstm(layer: keras.layers.LSTM, inputs, mask=None):
+def run_lstm(layer: keras.layers.LSTM, inputs, mask=None, xla_sweeps: str = "off"):
   """What `layer(inputs, mask=mask)` returns (the whole sequence, or the last state with a mask
   carried through padding), by `keras.layers.LSTM` or `lstm_sequence` as `runs_keras_lstm`
-  chooses for the layer's `use_cudnn`."""
+  chooses for the layer's `use_cudnn` (the latter compiled as `devices.use_xla(xla_sweeps)`)."""
   if runs_keras_lstm(layer.use_cudnn):
     return layer(inputs, mask=mask)
-  outputs, state = lstm_sequence(layer, input_gates(layer, inputs), mask=mask)
+  outputs, state = lstm_sequence(layer, input_gates(layer, inputs), mask=mask,
+                                 xla=devices.use_xla(xla_sweeps))
   return outputs if layer.return_sequences else state.h
 
 
@@ -333,10 +371,12 @@ class LSTMEncoder(keras.layers.Layer):
   """q(z | x): Embedding -> LSTM -> state at the last real token -> linear mean and logvar heads."""
 
   def __init__(self, vocab_size: int, word_dim: int, hidden_dim: int, latent_dim: int,
-               init_scale: Optional[float] = None, use_cudnn="auto", **kwargs):
+               init_scale: Optional[float] = None, use_cudnn="auto", xla_sweeps: str = "auto",
+               **kwargs):
     super().__init__(**kwargs)
     self.vocab_size, self.word_dim, self.hidden_dim = vocab_size, word_dim, hidden_dim
     self.latent_dim, self.init_scale, self.use_cudnn = latent_dim, init_scale, use_cudnn
+    self.xla_sweeps = xla_sweeps
     self.embed = embedding(vocab_size, word_dim, init_scale, dtype=self.dtype_policy)
     self.lstm = lstm(hidden_dim, init_scale, use_cudnn, dtype=self.dtype_policy)
     self.mean_head = dense(latent_dim, init_scale, dtype=self.dtype_policy)
@@ -350,13 +390,14 @@ class LSTMEncoder(keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(), "vocab_size": self.vocab_size, "word_dim": self.word_dim,
             "hidden_dim": self.hidden_dim, "latent_dim": self.latent_dim,
-            "init_scale": self.init_scale, "use_cudnn": self.use_cudnn}
+            "init_scale": self.init_scale, "use_cudnn": self.use_cudnn,
+            "xla_sweeps": self.xla_sweeps}
 
   def call(self, tokens, lengths):
     mask = tf.sequence_mask(lengths, maxlen=tf.shape(tokens)[1])
     # With a mask, the state is carried through padding, so the last state is each sequence's
     # state at its own last token.
-    summary = run_lstm(self.lstm, self.embed(tokens), mask)
+    summary = run_lstm(self.lstm, self.embed(tokens), mask, self.xla_sweeps)
     return GaussianParams(*(tf.cast(head(summary), self.dtype)
                             for head in (self.mean_head, self.logvar_head)))
 
@@ -372,11 +413,11 @@ class LSTMDecoder(keras.layers.Layer):
 
   def __init__(self, vocab_size: int, word_dim: int, hidden_dim: int, latent_dim: int,
                dropout: float = 0.0, init_scale: Optional[float] = None, use_cudnn="auto",
-               **kwargs):
+               xla_sweeps: str = "auto", **kwargs):
     super().__init__(**kwargs)
     self.vocab_size, self.word_dim, self.hidden_dim = vocab_size, word_dim, hidden_dim
     self.latent_dim, self.dropout, self.init_scale = latent_dim, dropout, init_scale
-    self.use_cudnn = use_cudnn
+    self.use_cudnn, self.xla_sweeps = use_cudnn, xla_sweeps
     self.embed = embedding(vocab_size, word_dim, init_scale, dtype=self.dtype_policy)
     self.lstm = lstm(hidden_dim, init_scale, use_cudnn, return_sequences=True,
                      dtype=self.dtype_policy)
@@ -392,7 +433,8 @@ class LSTMDecoder(keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(), "vocab_size": self.vocab_size, "word_dim": self.word_dim,
             "hidden_dim": self.hidden_dim, "latent_dim": self.latent_dim,
-            "dropout": self.dropout, "init_scale": self.init_scale, "use_cudnn": self.use_cudnn}
+            "dropout": self.dropout, "init_scale": self.init_scale, "use_cudnn": self.use_cudnn,
+            "xla_sweeps": self.xla_sweeps}
 
   data_kind = "text"
 
@@ -449,7 +491,7 @@ class LSTMDecoder(keras.layers.Layer):
       gates = context
       if self.latent_dim:
         gates += self.latent_gates(z)[:, None, :]
-      hidden = lstm_sequence(self.lstm, gates, state)[0]
+      hidden = lstm_sequence(self.lstm, gates, state, xla=devices.use_xla(self.xla_sweeps))[0]
     return tf.cast(self.out(dropout(hidden, self.dropout, seed, training)), self.dtype)
 
   def step(self, tokens, z, state: LSTMState):
