@@ -84,18 +84,21 @@ def sizes(quick):
             "--latent_dim=2", "--svi_steps=2", "--batch_size=8"]
     images = ["--latent_dim=2", "--enc_channels=4", "--enc_stages=1", "--dec_channels=4",
               "--kernel_sizes=3,3", "--svi_steps=2", "--batch_size=8"]
+    # Fewer rows than the full check: the script's plumbing, not the device's speed.
     step_bench = ["--word_dim=8", "--hidden_dim=8", "--latent_dim=2", "--vocab=50", "--batch=4",
-                  "--length=5", "--steps=2", "--repeats=1"]
+                  "--length=5", "--steps=2", "--repeats=1", "--gradients=auto,unrolled"]
     image_bench = ["--latent_dim=2", "--enc_channels=4", "--enc_stages=1", "--dec_channels=4",
-                   "--kernel_sizes=3,3", "--size=8", "--batch=4", "--steps=2", "--repeats=1"]
+                   "--kernel_sizes=3,3", "--size=8", "--batch=4", "--steps=2", "--repeats=1",
+                   "--gradients=auto"]
     return dict(text=text, images=images, step_bench=step_bench, image_bench=image_bench,
                 sentences=40, images_count=24, limits=dict(train=240, serve=120, timing=240))
   text = ["--enc_word_dim=256", "--enc_h_dim=256", "--dec_word_dim=256", "--dec_h_dim=256",
           "--latent_dim=32", "--svi_steps=10", "--batch_size=32"]
   images = ["--latent_dim=32", "--enc_channels=64", "--enc_stages=3", "--dec_channels=32",
             "--svi_steps=10", "--batch_size=16"]
-  step_bench = ["--word_dim=512", "--hidden_dim=1024", "--steps=20", "--repeats=3"]
-  image_bench = ["--steps=20", "--repeats=2"]
+  step_bench = ["--word_dim=512", "--hidden_dim=1024", "--steps=20", "--repeats=3",
+                "--gradients=auto,reverse,unrolled,finite_difference"]
+  image_bench = ["--steps=20", "--repeats=2", "--gradients=auto,reverse"]
   return dict(text=text, images=images, step_bench=step_bench, image_bench=image_bench,
               sentences=320, images_count=96, limits=dict(train=90, serve=45, timing=150))
 
@@ -197,12 +200,12 @@ def check(report: Report, quick: bool):
   has_gpu = bool(environment and last_json(environment)["gpus"])
 
   text = [python, str(BIN / "train_text.py"), "--data_dir=text", "--epochs=1",
-          "--num_samples=5", *size["text"]]
+          "--num_samples=0", *size["text"]]
   trainings = {
       "text SA-VAE (auto)": text + ["--model=savae"],
       "text VAE (cuDNN on a GPU)": text + ["--model=vae"],
       "image SA-VAE": [python, str(BIN / "train_images.py"), "--dataset=npz",
-                       "--data_dir=images.npz", "--model=savae", "--epochs=1", "--num_samples=5",
+                       "--data_dir=images.npz", "--model=savae", "--epochs=1", "--num_samples=0",
                        "--num_pictures=0", *size["images"]],
       "text SA-VAE, mixed_bfloat16": text + ["--model=savae", "--mixed_precision=mixed_bfloat16"],
   }
@@ -250,10 +253,8 @@ def check(report: Report, quick: bool):
     report.skip("gpu tests", "no GPU")
 
   for name, script, args in (
-      ("timing: text", "step_bench.py", size["step_bench"] + [
-          "--variants=vae,savae", "--gradients=auto,reverse,unrolled,finite_difference"]),
-      ("timing: images", "image_step_bench.py", size["image_bench"] + [
-          "--variants=vae,savae", "--gradients=auto,reverse"])):
+      ("timing: text", "step_bench.py", size["step_bench"] + ["--variants=vae,savae"]),
+      ("timing: images", "image_step_bench.py", size["image_bench"] + ["--variants=vae,savae"])):
     out = report.run(name, [python, str(BENCH / script), *args], limits["timing"],
                      figure=lambda out: f"{len(table_of(out).splitlines())} lines below")
     if out is not None:

@@ -16,6 +16,7 @@ step (the exact modes at the paper's size do) measures below it (BENCHMARKS.md).
   python bench/step_bench.py --gradients=reverse,reverse:5     # reverse keeping 5 steps
   python bench/step_bench.py --word_dim=128 --hidden_dim=128 --vocab=8715 --steps=10 \
       --gradients=reverse                                      # the PTB runs of RESULTS.md
+  python bench/step_bench.py --gradients=reverse,unrolled --xla_sweeps=on  # sweeps under XLA
 """
 
 
@@ -29,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from savae_tf import devices
 from savae_tf import methods
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
@@ -47,6 +49,8 @@ flags.DEFINE_list("gradients", ["auto", "reverse", "unrolled", "finite_differenc
 flags.DEFINE_list("variants", list(VARIANTS),
                   "Which variants to time (the VAE step, the ratios' unit, always runs).")
 flags.DEFINE_integer("repeats", 5, "Timed steps per configuration (median reported).")
+flags.DEFINE_enum("xla_sweeps", "auto", devices.XLA_SETTINGS,
+                  "XLA for the LSTM sweeps, as the binaries' flag ('auto': on a GPU only).")
 FLAGS = flags.FLAGS
 
 
@@ -65,10 +69,12 @@ def encoder_forward_flops():
 def make_step(mode, batch, steps=0, gradient="none"):
   """The compiled model of one row; gradient "auto" resolved on `batch` as the binaries do."""
   keras.utils.set_random_seed(0)
-  encoder = LSTMEncoder(FLAGS.vocab, FLAGS.word_dim, FLAGS.hidden_dim, FLAGS.latent_dim)
+  encoder = LSTMEncoder(FLAGS.vocab, FLAGS.word_dim, FLAGS.hidden_dim, FLAGS.latent_dim,
+                        xla_sweeps=FLAGS.xla_sweeps)
   decoder = LSTMDecoder(FLAGS.vocab, FLAGS.word_dim, FLAGS.hidden_dim,
                         latent_size(mode, FLAGS.latent_dim), dropout=0.5,
-                        use_cudnn=methods.decoder_use_cudnn(mode, gradient.partition(":")[0]))
+                        use_cudnn=methods.decoder_use_cudnn(mode, gradient.partition(":")[0]),
+                        xla_sweeps=FLAGS.xla_sweeps)
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=FLAGS.latent_dim,
                            svi_config=SVIConfig(steps=steps, **refiner_gradient(gradient)))
   model.compile(optimizer=keras.optimizers.SGD(1.0, global_clipnorm=5.0))
@@ -84,7 +90,8 @@ def main(_):
   configs = step_configs([int(k) for k in FLAGS.steps], FLAGS.gradients, FLAGS.variants)
   print(describe_machine())
   print(f"text model: embedding {FLAGS.word_dim}, LSTM {FLAGS.hidden_dim}, latent "
-        f"{FLAGS.latent_dim}, vocab {FLAGS.vocab}, batch {FLAGS.batch}, {FLAGS.length} tokens")
+        f"{FLAGS.latent_dim}, vocab {FLAGS.vocab}, batch {FLAGS.batch}, {FLAGS.length} tokens, "
+        f"XLA sweeps {FLAGS.xla_sweeps}")
   for k in [int(k) for k in FLAGS.steps]:
     floor = exact_savae_floor(k, decoder_forward_flops(), encoder_forward_flops())
     print(f"K = {k}: an exact SA-VAE step needs at least {floor:.1f}x a VAE "

@@ -45,15 +45,13 @@ def measure(fn, repeats):
   the allocator cannot report it, the process's peak resident memory minus its memory before
   (`devices.PeakMemory`).
   """
-  fn()  # trace and warm up
-  devices.synchronize()
+  devices.synchronize(fn())  # trace and warm up
   times = []
 
   def timed_calls():
     for _ in range(repeats):
       start = time.perf_counter()
-      fn()
-      devices.synchronize()
+      devices.synchronize(fn())
       times.append(time.perf_counter() - start)
 
   with devices.PeakMemory() as memory:

@@ -27,6 +27,8 @@ from typing import Callable, NamedTuple, Optional
 
 import tensorflow as tf
 
+from savae_tf import cluster
+
 _PORTABLE = contextvars.ContextVar("savae_tf_portable", default=False)
 
 XLA_SETTINGS = ("auto", "on", "off")
@@ -122,10 +124,18 @@ def memory_source() -> str:
     return "rss"
 
 
-def synchronize():
-  """Waits until every device has finished the work queued so far (GPU kernels run
-  asynchronously: without it a timer measures launches)."""
-  tf.test.experimental.sync_devices()
+def synchronize(result=None):
+  """Waits until the work queued so far has finished (GPU kernels run asynchronously: without
+  it a timer measures launches): reads `result`'s tensors (any distributed values too) back to
+  the host, and on a GPU outside a multi-worker cluster (where TensorFlow cannot) waits for
+  every device. On a CPU eager work is done when it returns."""
+  strategy = tf.distribute.get_strategy()
+  for value in tf.nest.flatten(result, expand_composites=True):  # IndexedSlices' parts too
+    for local in strategy.experimental_local_results(value):
+      if isinstance(local, tf.Tensor) and hasattr(local, "numpy"):
+        local.numpy()
+  if gpu_present() and not cluster.in_cluster():
+    tf.test.experimental.sync_devices()
 
 
 class PeakMemory:
@@ -155,8 +165,7 @@ class PeakMemory:
   def measure(self, fn: Callable[[], object]) -> int:
     if self.source == "allocator":
       tf.config.experimental.reset_memory_stats(self.device)
-    fn()
-    synchronize()
+    synchronize(fn())
     if self.source == "allocator":
       return tf.config.experimental.get_memory_info(self.device)["peak"] - self.before
     self.peak = max(self.peak, _resident_bytes())

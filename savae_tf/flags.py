@@ -138,10 +138,13 @@ def define_run_flags(presets):
 
 
 # What a resumed run may change: how long it trains, where it writes, how it is distributed or
-# read (the same batches either way), and what its test reports. Every other flag defines the run.
+# read (the same batches either way), how the device computes it (the same function up to float
+# rounding: a run moved to another machine may choose again), and what its test reports. Every
+# other flag defines the run.
 RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "export_dir", "model_dir",
                                "overwrite", "num_samples", "test_svi_steps", "strategy",
-                               "streaming"})
+                               "streaming", "memory_fraction", "jit_compile", "xla_sweeps",
+                               "tf32"})
 
 
 def claim_run_directory(modules, strategy):

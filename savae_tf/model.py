@@ -323,12 +323,14 @@ class SemiAmortizedVAE(keras.Model):
       config["kl_schedule"] = schedules.from_config(config["kl_schedule"])
     return cls(**config)
 
-  def compile(self, *args, jit_compile=False, **kwargs):
-    """Keras' `compile`, with XLA off unless asked for (`jit_compile=True`). Keras' default,
-    "auto", turns XLA on wherever a GPU is present and every layer allows it (the image models):
-    a whole step of nested tapes, while loops and custom gradients compiled by a path never
-    measured, whose `Assert`s (the NaN stop) XLA drops, recompiled for every new batch shape."""
-    super().compile(*args, jit_compile=jit_compile, **kwargs)
+  def _resolve_auto_jit_compile(self):
+    # `compile(jit_compile="auto")`, Keras' default, means no XLA here: Keras would turn it on
+    # wherever a GPU is present and every layer allows it (the image models), compiling a whole
+    # step of nested tapes, while loops and custom gradients by a path never measured, whose
+    # `Assert`s (the NaN stop) XLA drops, recompiled for every new batch shape.
+    # `compile(jit_compile=True)` still asks for it. (Overriding `compile` itself would make
+    # Keras skip compiling a loaded .keras model.)
+    return False
 
   @property
   def metrics(self):

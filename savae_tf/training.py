@@ -56,7 +56,7 @@ def make_optimizer(name: str, learning_rate: float, max_grad_norm: float):
 def refinement_memory(model, batch) -> Tuple[int, int]:
   """(base, per step): the bytes one training gradient of `model` on `batch` needs when its
   refinement is unrolled, apart from the K steps' activations, and per step of them. Measured
-  (`devices.PeakMemory`) at K = 1 and K = 2, so whatever the networks are, and on the device that
+  (`devices.PeakMemory`) at K = 0 and K = 1, so whatever the networks are, and on the device that
   trains; the model's state (BatchNorm's moving statistics) is left as it was."""
   state = [v.numpy() for v in model.non_trainable_variables]
   config = model.svi_config
@@ -75,12 +75,12 @@ def refinement_memory(model, batch) -> Tuple[int, int]:
 
   try:
     with devices.PeakMemory() as memory:
-      one, two = (memory.measure(gradient_fn(steps)) for steps in (1, 2))
+      none, one = (memory.measure(gradient_fn(steps)) for steps in (0, 1))
   finally:
     model.svi_config = config
     for variable, value in zip(model.non_trainable_variables, state):
       variable.assign(value)
-  return max(2 * one - two, 0), max(two - one, 0)
+  return none, max(one - none, 0)
 
 
 def choose_refine_gradient(model, batch, memory_fraction: float) -> devices.GradientChoice:
