@@ -3,13 +3,13 @@
 - Kernels: `gpu_present` is what the LSTMs ask before they let Keras pick cuDNN; inside
   `portable()` it answers False, so a graph traced there (every SavedModel) holds no GPU-only op,
   whatever device traced it.
-- Compilation: XLA is never Keras' "auto" (`SemiAmortizedVAE.compile` defaults `jit_compile` to
-  False); `use_xla` decides, per setting, whether the LSTM sweeps of the exact refinement are
+- Compilation: XLA is never Keras' "auto" (`SemiAmortizedVAE` resolves `compile`'s
+  `jit_compile="auto"` to False); `use_xla` decides, per setting, whether the LSTM sweeps of the exact refinement are
   compiled ("auto": on a GPU, where their many small kernels are launch-bound).
 - Precision: `set_tf32` (the binaries turn TF32 off unless --tf32): on Ampere and later GPUs
   TensorFlow multiplies float32 matrices with 10-bit mantissas by default, which spoils the central
   differences of `finite_difference` and costs exact Hessian-vector products digits.
-- Memory: `peak_bytes` measures what a computation allocates (the GPU's allocator on a GPU, the
+- Memory: `PeakMemory` / `peak_bytes` measure what a computation allocates (the GPU's allocator on a GPU, the
   CPU's allocator or, where that cannot report, the process's resident memory), and
   `memory_budget` is a fraction of what the device has free; `choose_refine_gradient` picks the
   fastest exact gradient mode that fits.
@@ -23,7 +23,7 @@ import contextvars
 import math
 import os
 import threading
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 import tensorflow as tf
 

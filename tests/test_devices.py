@@ -110,3 +110,36 @@ def test_binaries_run_in_full_float32_unless_tf32_is_asked_for(kind, args, expec
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().splitlines()[-1] == expected
+
+
+def graph_ops(concrete_function):
+  graph = concrete_function.graph.as_graph_def()
+  return ({node.op for node in graph.node}
+          | {node.op for function in graph.library.function for node in function.node_def})
+
+
+@pytest.mark.gpu
+def test_on_a_real_gpu_cudnn_serves_first_order_work_and_never_an_exact_refinement_or_export(
+    tmp_path):
+  import keras
+  from savae_tf import export, methods
+  from savae_tf.data.text import Vocabulary
+  from savae_tf.model import SemiAmortizedVAE, SVIConfig
+  from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
+  vocabulary = Vocabulary.build(["the cat sat on the mat", "a dog ran"])
+  batch = {"tokens": tf.ones([2, 6], tf.int32), "lengths": tf.fill([2], 6)}
+  cudnn = {}
+  for mode in ("vae", "savae"):
+    keras.utils.set_random_seed(0)
+    model = SemiAmortizedVAE(
+        LSTMDecoder(len(vocabulary), 8, 8, 2, use_cudnn=methods.decoder_use_cudnn(mode, "auto")),
+        LSTMEncoder(len(vocabulary), 8, 8, 2), mode=mode, latent_dim=2,
+        svi_config=SVIConfig(steps=2, gradient="unrolled"))
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    step = tf.function(model.train_step).get_concrete_function(batch)
+    cudnn[mode] = any(op.startswith("Cudnn") for op in graph_ops(step))
+    model.train_step(batch)  # runs: the exact refinement's decoder has second-order gradients
+    path = export.export(model, vocabulary, str(tmp_path / mode))
+    loaded = tf.saved_model.load(path)
+    assert not any(op.startswith("Cudnn") for op in graph_ops(loaded.signatures["score"]))
+  assert cudnn["vae"] and cudnn["savae"]  # the encoders run cuDNN in both

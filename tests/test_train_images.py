@@ -11,9 +11,12 @@ import pytest
 import tensorflow as tf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# An explicit gradient mode: auto's measurement is tested by tests/test_flags.py and the device
+# check, not here.
 TINY = ["--dataset=npz", "--data_dir=images.npz", "--latent_dim=2", "--enc_channels=4",
         "--enc_stages=1", "--dec_channels=4", "--kernel_sizes=3,3", "--svi_steps=2",
-        "--batch_size=8", "--warmup=1", "--num_samples=4", "--checkpoint_every=2"]
+        "--batch_size=8", "--warmup=1", "--num_samples=4", "--checkpoint_every=2",
+        "--refine_gradient=reverse"]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 
 

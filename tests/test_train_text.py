@@ -14,9 +14,12 @@ import pytest
 from conftest import write_text_corpus
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# An explicit gradient mode: auto's measurement (two traced steps per run) is the subject of
+# tests/test_flags.py, the device check and the multi-worker tests, not of these.
 TINY = ["--data_dir=data", "--model=savae", "--enc_word_dim=8", "--enc_h_dim=8",
         "--dec_word_dim=8", "--dec_h_dim=8", "--latent_dim=2", "--svi_steps=2",
-        "--num_samples=5", "--batch_size=8", "--warmup=2", "--dropout=0.2"]
+        "--num_samples=5", "--batch_size=8", "--warmup=2", "--dropout=0.2",
+        "--refine_gradient=reverse"]
 
 
 def command(*args):
