@@ -59,7 +59,8 @@ def portable():
 
 def use_xla(setting: str) -> bool:
   """Whether the LSTM sweeps compile with XLA for `setting` "on", "off" or "auto" (on a GPU
-  only: on CPU it measured slower, BENCHMARKS.md). Never inside `portable()`."""
+  only: on a CPU it was 6-12% faster for a small model but up to 16% slower at the paper's size,
+  and every new sentence length compiles again; BENCHMARKS.md). Never inside `portable()`."""
   if setting not in XLA_SETTINGS:
     raise ValueError(f"Unknown XLA setting {setting!r}; expected one of {XLA_SETTINGS}.")
   if tracing_portably():

@@ -199,7 +199,9 @@ def define_xla_sweeps_flag():
   """--xla_sweeps, for binaries with LSTMs."""
   flags.DEFINE_enum("xla_sweeps", "auto", devices.XLA_SETTINGS,
                     "Compile the hand-written LSTM recurrences (what an exact refinement runs) "
-                    "with XLA: 'auto' on a GPU only (on CPU XLA measured slower, BENCHMARKS.md).")
+                    "with XLA: 'auto' on a GPU only (on a CPU it was up to 16% slower at the "
+                    "paper's size, and every new sentence length compiles again; "
+                    "BENCHMARKS.md).")
 
 
 def define_seed_flag():

@@ -24,12 +24,14 @@ def parse():
     savae_flags.define_seed_flag()
     savae_flags.define_precision_flag()
 
-  def parse_args(*args, model=False, mode="savae", decoder=None):
+  def parse_args(*args, model=False, mode="savae", decoder=None, build=True):
     values.unparse_flags()
     if not any(arg.startswith("--refine_gradient") for arg in args):
       # Not auto, whose measurement (two traced steps) the tests of auto take.
       args = ("--refine_gradient=reverse", *args)
     values(["prog", *args])
+    if not build:  # the flags only
+      return None
     savae_flags.set_precision_policy()
     built = savae_flags.model_from_flags(decoder or LSTMDecoder(9, 4, 4, 2),
                                          LSTMEncoder(9, 4, 4, 2), mode, 2, 10, LARGEST_BATCH)
@@ -90,7 +92,7 @@ def as_on_a_gpu(use_cudnn):
     for gradient in ["unrolled", "reverse", "finite_difference", "none"]] + [("savae", "auto")])
 def test_only_a_decoder_inside_an_exact_refinement_is_kept_off_cudnn(parse, monkeypatch, mode,
                                                                       gradient):
-  parse(f"--refine_gradient={gradient}")
+  parse(f"--refine_gradient={gradient}", build=False)
   monkeypatch.setattr(text, "runs_keras_lstm", as_on_a_gpu)
   decoder = LSTMDecoder(9, 4, 4, 2, use_cudnn=savae_flags.decoder_use_cudnn(mode))
   model = savae_flags.model_from_flags(decoder, LSTMEncoder(9, 4, 4, 2), mode, 2, 10,
