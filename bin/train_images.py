@@ -18,6 +18,9 @@ import sys
 # TensorFlow's INFO and WARNING logs off; savae_tf, imported before TensorFlow, also hides the
 # start-up lines TensorFlow prints regardless (savae_tf.console).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's CPU allocator then tracks its peak: --refine_gradient=auto measures exactly on a
+# CPU too, as the benchmarks do (savae_tf.devices.PeakMemory).
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 import savae_tf  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
 
 from absl import app
