@@ -192,7 +192,7 @@ def define_device_flags():
   flags.DEFINE_bool("tf32", False, "Allow TF32 matrix products on GPUs that have them (Ampere "
                     "and later): faster, but with 10-bit mantissas, which spoils "
                     "finite_difference's central differences and costs exact Hessian-vector "
-                    "products digits. Off: full float32 (docs/method.md).")
+                    "products digits. Off: full float32 (docs/devices.md).")
 
 
 def define_xla_sweeps_flag():
