@@ -9,7 +9,7 @@
 - Precision: `set_tf32` (the binaries turn TF32 off unless --tf32): on Ampere and later GPUs
   TensorFlow multiplies float32 matrices with 10-bit mantissas by default, which spoils the central
   differences of `finite_difference` and costs exact Hessian-vector products digits.
-- Memory: `PeakMemory` / `peak_bytes` measure what a computation allocates (the GPU's allocator on a GPU, the
+- Memory: `PeakMemory` measures what a computation allocates (the GPU's allocator on a GPU, the
   CPU's allocator or, where that cannot report, the process's resident memory), and
   `memory_budget` is a fraction of what the device has free; `choose_refine_gradient` picks the
   fastest exact gradient mode that fits.
@@ -57,12 +57,18 @@ def portable():
     _PORTABLE.reset(token)
 
 
+def check_xla_setting(setting: str) -> str:
+  """`setting` if it is one of XLA_SETTINGS, else a ValueError naming it."""
+  if setting not in XLA_SETTINGS:
+    raise ValueError(f"Unknown XLA setting {setting!r}; expected one of {XLA_SETTINGS}.")
+  return setting
+
+
 def use_xla(setting: str) -> bool:
   """Whether the LSTM sweeps compile with XLA for `setting` "on", "off" or "auto" (on a GPU
   only: on a CPU it was 6-12% faster for a small model but up to 16% slower at the paper's size,
   and every new sentence length compiles again; BENCHMARKS.md). Never inside `portable()`."""
-  if setting not in XLA_SETTINGS:
-    raise ValueError(f"Unknown XLA setting {setting!r}; expected one of {XLA_SETTINGS}.")
+  check_xla_setting(setting)
   if tracing_portably():
     return False
   return setting == "on" or (setting == "auto" and gpu_present())
@@ -176,12 +182,6 @@ class PeakMemory:
     if self.source == "rss":
       self.done.set()
       self.thread.join()
-
-
-def peak_bytes(fn: Callable[[], object]) -> int:
-  """Bytes `fn()` allocates at its peak beyond what was allocated before (`PeakMemory`)."""
-  with PeakMemory() as memory:
-    return memory.measure(fn)
 
 
 class GradientChoice(NamedTuple):

@@ -309,3 +309,16 @@ def test_dropout_is_tensorflows_stateless_dropout_and_splits_by_rows():
   part = dropout(tf.gather(x, rows), 0.4, distributions.BatchRows(seed, rows, tf.constant(6)),
                  training=True)
   np.testing.assert_array_equal(part, tf.gather(expected, rows))
+
+
+def test_xla_sweeps_is_kept_in_the_config_computes_the_same_and_a_wrong_value_is_named():
+  keras.utils.set_random_seed(7)
+  plain = LSTMDecoder(VOCAB, 4, 6, 3)
+  compiled = LSTMDecoder.from_config({**plain.get_config(), "xla_sweeps": "on"})
+  compiled.set_weights(plain.get_weights())
+  assert compiled.get_config()["xla_sweeps"] == "on" and plain.xla_sweeps == "auto"
+  tokens, _ = ragged_batch()
+  z = tf.random.normal([3, 3])
+  np.testing.assert_allclose(compiled(tokens, z), plain(tokens, z), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="Unknown XLA setting 'yes'"):
+    LSTMEncoder(VOCAB, 4, 6, 3, xla_sweeps="yes")

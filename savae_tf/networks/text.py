@@ -376,7 +376,7 @@ class LSTMEncoder(keras.layers.Layer):
     super().__init__(**kwargs)
     self.vocab_size, self.word_dim, self.hidden_dim = vocab_size, word_dim, hidden_dim
     self.latent_dim, self.init_scale, self.use_cudnn = latent_dim, init_scale, use_cudnn
-    self.xla_sweeps = xla_sweeps
+    self.xla_sweeps = devices.check_xla_setting(xla_sweeps)
     self.embed = embedding(vocab_size, word_dim, init_scale, dtype=self.dtype_policy)
     self.lstm = lstm(hidden_dim, init_scale, use_cudnn, dtype=self.dtype_policy)
     self.mean_head = dense(latent_dim, init_scale, dtype=self.dtype_policy)
@@ -417,7 +417,7 @@ class LSTMDecoder(keras.layers.Layer):
     super().__init__(**kwargs)
     self.vocab_size, self.word_dim, self.hidden_dim = vocab_size, word_dim, hidden_dim
     self.latent_dim, self.dropout, self.init_scale = latent_dim, dropout, init_scale
-    self.use_cudnn, self.xla_sweeps = use_cudnn, xla_sweeps
+    self.use_cudnn, self.xla_sweeps = use_cudnn, devices.check_xla_setting(xla_sweeps)
     self.embed = embedding(vocab_size, word_dim, init_scale, dtype=self.dtype_policy)
     self.lstm = lstm(hidden_dim, init_scale, use_cudnn, return_sequences=True,
                      dtype=self.dtype_policy)
