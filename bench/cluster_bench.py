@@ -41,12 +41,12 @@ def measure_in_this_process():
   """Trains --warmup + --steps steps; prints the median seconds per step (the chief's)."""
   import numpy as np
   import keras
-  from savae_tf import cluster, methods, training
+  from savae_tf import cluster, factories, methods
   from savae_tf.data import text
   from savae_tf.model import SemiAmortizedVAE, SVIConfig
   from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
-  strategy = training.make_strategy(FLAGS.strategy)
+  strategy = factories.make_strategy(FLAGS.strategy)
   rng = np.random.default_rng(0)
   count = FLAGS.batch_size * (FLAGS.warmup + FLAGS.steps)
   sentences = [list(rng.integers(4, FLAGS.vocab, FLAGS.length)) for _ in range(count)]
@@ -58,7 +58,7 @@ def measure_in_this_process():
     model = SemiAmortizedVAE(LSTMDecoder(FLAGS.vocab, size, size, 32, use_cudnn=use_cudnn),
                              LSTMEncoder(FLAGS.vocab, size, size, 32), mode=FLAGS.model,
                              latent_dim=32, svi_config=SVIConfig(steps=FLAGS.svi_steps))
-    model.compile(optimizer=training.make_optimizer("sgd", 1.0, 5.0))
+    model.compile(optimizer=factories.make_optimizer("sgd", 1.0, 5.0))
     times = []
 
     class Clock(keras.callbacks.Callback):

@@ -41,6 +41,8 @@ flags.DEFINE_bool("quick", False, "Tiny sizes and short limits: the phases' plum
 flags.DEFINE_integer("budget", 600, "Seconds for the whole check; a phase gets what is left.")
 flags.DEFINE_string("work_dir", None, "Where data, runs and exports go (default: a temporary "
                     "directory, removed at the end).")
+flags.DEFINE_list("phases", None, "Run only the phases whose names start with one of these "
+                  "(default: every phase).")
 FLAGS = flags.FLAGS
 
 ENVIRONMENT = """
@@ -125,15 +127,22 @@ def write_data(directory: pathlib.Path, sentences: int, images: int):
 class Report:
   """The phases' outcomes, in order, within one time budget."""
 
-  def __init__(self, budget: float, work_dir: str, env=None):
+  def __init__(self, budget: float, work_dir: str, env=None, phases=None):
     self.deadline = time.monotonic() + budget
     self.work_dir = work_dir
     self.env = env or {}  # for every phase
+    self.phases = phases  # name prefixes of the phases to run (None: all)
     self.rows, self.tables = [], []
+
+  def asked(self, name) -> bool:
+    return self.phases is None or name.startswith(tuple(self.phases))
 
   def run(self, name, args, limit, env=None, figure=None):
     """Runs `args` as a phase of at most `limit` seconds (less if the budget is nearly spent);
-    `figure(stdout)` is the phase's one-line result. Returns stdout, or None if it failed."""
+    `figure(stdout)` is the phase's one-line result. Returns stdout, or None if it failed or was
+    not asked for."""
+    if not self.asked(name):
+      return None
     left = self.deadline - time.monotonic()
     if left < 5:
       self.rows.append((name, "not run: out of time", 0.0, ""))
@@ -162,7 +171,8 @@ class Report:
     return result.stdout
 
   def skip(self, name, why):
-    self.rows.append((name, f"skipped: {why}", 0.0, ""))
+    if self.asked(name):
+      self.rows.append((name, f"skipped: {why}", 0.0, ""))
 
   @property
   def failed(self):
@@ -268,7 +278,7 @@ def main(_):
   # Tiny models gain nothing from threads; one each keeps the quick check from crowding the
   # test suite's other worker.
   one_thread = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
-  report = Report(FLAGS.budget, work_dir, one_thread if FLAGS.quick else None)
+  report = Report(FLAGS.budget, work_dir, one_thread if FLAGS.quick else None, FLAGS.phases)
   try:
     check(report, FLAGS.quick)
   finally:

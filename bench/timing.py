@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from savae_tf import devices
 from savae_tf import methods
-from savae_tf import training
+from savae_tf import factories
 
 
 def describe_machine():
@@ -144,4 +144,4 @@ def resolve_auto(model, batch, spec: str):
   """For gradient spec "auto": chooses the model's gradient mode on `batch` as the binaries do
   (their default --memory_fraction, 0.5) and prints the choice."""
   if spec == "auto":
-    print(training.choose_refine_gradient(model, batch, 0.5).describe(), flush=True)
+    print(factories.choose_refine_gradient(model, batch, 0.5).describe(), flush=True)

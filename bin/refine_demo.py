@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from savae_tf import distributions
+from savae_tf import factories
 from savae_tf import flags as savae_flags
 from savae_tf import refine
 from savae_tf import svi
@@ -46,7 +47,7 @@ def main(_):
     z = distributions.sample(mean, logvar, distributions.step_seed([FLAGS.seed, 1], step))
     return -decoder.log_likelihood(x, z) + distributions.kl_to_prior(mean, logvar)
 
-  settings = savae_flags.svi_settings()
+  settings = factories.svi_settings()
   print(f"-log p(x), exact, mean over the batch: {-np.mean(decoder.log_marginal(x)):.4f} nats")
   for k in range(FLAGS.svi_steps + 1):
     mean_k, logvar_k = refine(loss_fn, mean0, logvar0, k, gradient="none", **settings)

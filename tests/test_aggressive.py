@@ -76,6 +76,7 @@ def test_the_inner_loop_stops_when_a_windows_loss_rises(window_means, expected_u
 def test_the_model_step_trains_the_decoder_alone_while_the_phase_lasts():
   corpus, _, vocabulary = corpus_and_vocabulary()
   model = aggressive_model(vocabulary)
+  model.method.callbacks(model, corpus)  # the training loop's hooks, not run here
   data = corpus.padded[0]
   encoder, decoder = weights(model.encoder), weights(model.decoder)
   model.train_step(data)
@@ -121,4 +122,4 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one(tmp_path):
 def test_a_bare_fit_refuses_it():
   corpus, _, vocabulary = corpus_and_vocabulary()
   with pytest.raises(ValueError, match="needs the training loop"):
-    training.fit(aggressive_model(vocabulary), corpus.dataset(), 1)
+    aggressive_model(vocabulary).fit(corpus.dataset(), epochs=1, verbose=0)

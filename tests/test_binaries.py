@@ -25,14 +25,14 @@ SMOKE_RUNS = {
                                  "--svi_steps=3", "--batch_size=4"],
                                 "[worker 1] gradient of the refined bound"),
     # The oracle's table; test_train_synthetic_writes_metrics_json_and_exports checks more of it.
-    "train_synthetic.py": (["--model=all", "--generator=oracle", "--epochs=1", "--num_train=32",
+    "train_synthetic.py": (["--method=all", "--generator=oracle", "--epochs=1", "--num_train=32",
                             "--num_test=10", "--num_samples=5", "--svi_steps=2",
                             "--model_dir=run", "--export_dir=exp"], "| savae |"),
     "export_savedmodel.py": (["--model_dir={model}", "--export_dir=exp"],
                              "SavedModel written to exp/1"),
-    "evaluate.py": (["--model={saved_model}", "--data=synthetic", "--num_test=20",
+    "evaluate.py": (["--model_dir={saved_model}", "--data=synthetic", "--num_test=20",
                      "--svi_steps=2", "--num_samples=3", "--output=m.json"], "refined_nll_bound"),
-    "generate.py": (["--model={model}", "--num=2", "--reconstruct=w1 w2 w3",
+    "generate.py": (["--model_dir={model}", "--num=2", "--reconstruct=w1 w2 w3",
                      "--interpolate=w1 w2|w3 w4", "--max_length=4"], "== interpolation"),
     # The training binaries with the aggressive method (a VAE with an inner encoder loop).
     "train_text.py": (["--data_dir={data}", "--model=aggressive", "--enc_word_dim=4", "--enc_h_dim=4",
@@ -108,7 +108,7 @@ def check_synthetic_report(tmp_path, stdout):
   metrics = report["runs"]["oracle/savae"]
   assert {"nll_bound", "refined_nll_bound", "kl", "iw_nll", "mi", "active_units",
           "true_nll"} <= set(metrics)
-  assert report["flags"]["svi_steps"] == 2 and report["flags"]["model"] == "all"
+  assert report["flags"]["svi_steps"] == 2 and report["flags"]["method"] == "all"
   assert metrics["true_nll"] == pytest.approx(report["true_nll"])
   assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == [
       "oracle-savae", "oracle-svi", "oracle-vae"]
@@ -172,7 +172,7 @@ def test_pip_installs_a_console_command_per_binary():
 
 def test_a_console_command_runs_its_binary(tmp_path, tiny_models):
   model_dir, _, _ = tiny_models
-  args = [f"--model={model_dir}", "--num=2", "--seed=7"]
+  args = [f"--model_dir={model_dir}", "--num=2", "--seed=7"]
   command = shutil.which("savae-generate", path=os.path.dirname(sys.executable))
   installed = subprocess.run([command, *args], cwd=tmp_path, capture_output=True, text=True,
                              env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=600)
@@ -189,7 +189,7 @@ def test_a_console_command_runs_its_binary(tmp_path, tiny_models):
 
 def test_generate_decodes_every_z_by_beam_search(tmp_path, tiny_models):
   model_dir = tiny_models[0]
-  result = run_binary("generate.py", [f"--model={model_dir}", "--num=2", "--reconstruct=w1 w2 w3",
+  result = run_binary("generate.py", [f"--model_dir={model_dir}", "--num=2", "--reconstruct=w1 w2 w3",
                                       "--interpolate=w1 w2|w3 w4", "--interpolation_steps=3",
                                       "--max_length=4", "--beam_size=3"], tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -278,14 +278,14 @@ def test_bad_input_to_the_model_binaries_is_named_without_a_traceback(tmp_path, 
   model_dir, saved_model, image_model = tiny_models
   (tmp_path / "empty.txt").write_text("\n  \n")
   cases = [
-      ("generate.py", [f"--model={model_dir}", "--reconstruct=w1 hello"], "not in the vocabulary"),
-      ("generate.py", [f"--model={saved_model}"], "Nothing to do"),
-      ("evaluate.py", [f"--model={saved_model}", "--sentences_file=missing.txt"], "does not exist"),
-      ("evaluate.py", [f"--model={saved_model}", "--sentences_file=empty.txt"], "is empty"),
-      ("evaluate.py", [f"--model={saved_model}", "--data=synthetic", "--sentences_file=empty.txt"],
+      ("generate.py", [f"--model_dir={model_dir}", "--reconstruct=w1 hello"], "not in the vocabulary"),
+      ("generate.py", [f"--model_dir={saved_model}"], "Nothing to do"),
+      ("evaluate.py", [f"--model_dir={saved_model}", "--sentences_file=missing.txt"], "does not exist"),
+      ("evaluate.py", [f"--model_dir={saved_model}", "--sentences_file=empty.txt"], "is empty"),
+      ("evaluate.py", [f"--model_dir={saved_model}", "--data=synthetic", "--sentences_file=empty.txt"],
        "exactly one of --data and --sentences_file"),
       ("export_savedmodel.py", ["--model_dir=nowhere", "--export_dir=e"], "does not exist"),
-      ("generate.py", [f"--model={image_model}", "--num=2"], "is an image model"),
+      ("generate.py", [f"--model_dir={image_model}", "--num=2"], "is an image model"),
   ]
   for name, args, message in cases:
     result = run_binary(name, args, tmp_path)

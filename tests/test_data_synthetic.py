@@ -58,11 +58,48 @@ def test_true_nll_by_quadrature_matches_importance_sampling_from_the_prior():
   assert grid_error < 1e-2
 
 
-def test_as_dataset_yields_batches_of_tokens_and_lengths():
+def test_sequence_batches_yield_tokens_and_lengths_and_resume_mid_epoch():
   data = synthetic.make_synthetic_data(seed=1, num_train=10, num_valid=1, num_test=1)
-  batches = list(synthetic.as_dataset(data.splits["train"], 4, shuffle_seed=3))
-  assert [b["tokens"].shape[0] for b in batches] == [4, 4, 2]
-  assert set(batches[0]) == {"tokens", "lengths"}
+  batches = synthetic.SequenceBatches(data.splits["train"], 4, shuffle_seed=3)
+  epoch = list(batches.dataset(1).as_numpy_iterator())
+  assert [b["tokens"].shape[0] for b in epoch] == [4, 4, 2] and len(batches) == 3
+  assert set(epoch[0]) == {"tokens", "lengths", "rows"}
+  # Every sequence once per epoch, in another order each epoch; a resumed epoch is its tail.
+  rows = np.concatenate([b["tokens"] for b in epoch])
+  np.testing.assert_array_equal(np.sort(rows, axis=0),
+                                np.sort(data.splits["train"]["tokens"], axis=0))
+  assert not np.array_equal(batches.order(0), batches.order(1))
+  tail = list(batches.dataset(1, start=1).as_numpy_iterator())
+  np.testing.assert_array_equal(np.concatenate([b["tokens"] for b in tail]), rows[4:])
+  assert {k: v.shape for k, v in batches.draw(5).items()} == {"tokens": (4, 6), "lengths": (4,)}
+  np.testing.assert_array_equal(batches.draw(5)["tokens"], batches.draw(5)["tokens"])
+
+
+def test_sequence_batches_take_the_orders_of_fit_over_one_shuffled_pipeline():
+  # The synthetic table's orders: Keras' fit over one pipeline shuffled by tf.data, two of its
+  # passes per epoch, the next run continuing them (`synthetic.PASSES_PER_EPOCH`).
+  keras.utils.set_random_seed(3435)
+  tokens = np.repeat(np.arange(12, dtype=np.int32)[:, None], 3, 1)
+  split = {"tokens": tokens, "lengths": np.full([12], 3, np.int32)}
+  seen = []
+
+  class Recorder(keras.Model):
+    def train_step(self, data):
+      return {"first": tf.py_function(lambda t: (seen.append(t.numpy()), 0.0)[1],
+                                      [data["tokens"][:, 0]], tf.float32)}
+
+  pipeline = tf.data.Dataset.from_tensor_slices(split).shuffle(
+      12, seed=3435, reshuffle_each_iteration=True).batch(5)
+  for _ in range(2):  # two runs of two epochs
+    recorder = Recorder()
+    recorder.compile(optimizer="sgd")
+    recorder.fit(pipeline, epochs=2, verbose=0, shuffle=False)
+  fitted = np.concatenate(seen).reshape(4, 12)
+  for run in range(2):
+    batches = synthetic.SequenceBatches(split, 5, 3435,
+                                        first_pass=synthetic.PASSES_PER_EPOCH * run * 2)
+    for epoch in range(2):
+      np.testing.assert_array_equal(batches.order(epoch), fitted[2 * run + epoch])
 
 
 def test_the_coarse_grid_is_every_other_point_and_the_true_nll_is_cached(tmp_path):

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -31,6 +33,29 @@ def test_a_failing_or_hanging_phase_is_reported_and_the_next_one_runs(tmp_path):
   assert late.rows[0][1] == "not run: out of time"
 
 
+def quick_check(tmp_path, *args):
+  result = subprocess.run([sys.executable, str(ROOT / "bench" / "device_check.py"), "--quick",
+                           f"--work_dir={tmp_path}", *args], capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result.stdout
+
+
+def test_the_quick_check_of_one_model_passes_on_this_machine(tmp_path):
+  # One phase of each kind: train (auto), serve on a CPU, agree, time. The other models' phases
+  # are the same code with other binaries and flags, which their own tests run; the whole quick
+  # check (6 minutes here) is the slow test below.
+  table = quick_check(tmp_path, "--phases=environment,train: text SA-VAE (auto),"
+                      "serve on a CPU: text SA-VAE (auto),agreement,gpu tests,timing: text")
+  for phase in ("environment", "train: text SA-VAE (auto)", "serve on a CPU: text SA-VAE (auto)",
+                "agreement: this device vs the CPU", "timing: text"):
+    assert f"| {phase} | ok |" in table, phase
+  assert "| gpu tests | skipped: no GPU |" in table
+  assert "train: image" not in table and "timing: images" not in table
+  assert "refine gradient auto: unrolled" in table
+
+
+@pytest.mark.slow  # 6 minutes on 2 cores
 def test_the_quick_check_passes_on_this_machine(tmp_path):
   result = subprocess.run([sys.executable, str(ROOT / "bench" / "device_check.py"), "--quick",
                            f"--work_dir={tmp_path}"], capture_output=True, text=True,

@@ -15,7 +15,7 @@ def oracle_case():
   model = SemiAmortizedVAE(data.oracle, LSTMEncoder(1001, 8, 8, 2), mode="savae", latent_dim=2,
                            svi_config=SVIConfig(steps=20, lr=0.03))
   model.compile()
-  return model, synthetic.as_dataset(data.splits["test"], 32), truth
+  return model, synthetic.SequenceBatches(data.splits["test"], 32).dataset(), truth
 
 
 def test_refinement_tightens_the_bound_toward_the_true_nll(oracle_case):
@@ -52,7 +52,7 @@ def test_bad_settings_are_clear_errors(oracle_case):
 def test_evaluation_does_not_depend_on_the_batch_size(oracle_case):
   model, _, _ = oracle_case
   data = synthetic.make_synthetic_data(seed=5, num_train=1, num_valid=1, num_test=250)
-  reports = [evaluate(model, synthetic.as_dataset(data.splits["test"], size), svi_steps=20,
+  reports = [evaluate(model, synthetic.SequenceBatches(data.splits["test"], size).dataset(), svi_steps=20,
                       num_samples=50) for size in (7, 250)]
   for name in ("nll_bound", "refined_nll_bound", "kl", "iw_nll", "ppl", "ppl_bound", "mi"):
     assert reports[0][name] == pytest.approx(reports[1][name], rel=1e-5), name
@@ -65,7 +65,7 @@ def test_evaluating_sentences_through_the_signatures_matches_evaluate(oracle_cas
   model, test, truth = oracle_case
   vocabulary = synthetic.vocabulary()
   sentences = [vocabulary.decode(row) for batch in test for row in batch["tokens"].numpy()]
-  signatures = export.TextModelExport(model, vocabulary).signatures()
+  signatures = export.model_export(model, vocabulary).signatures()
   report = evaluate_sentences(signatures, sentences, batch_size=5, svi_steps=20,
                               num_samples=200)
   reference = evaluate(model, test, svi_steps=20, num_samples=200)

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from conftest import check_score_through_tfsm_layer
 from savae_tf import export
+from savae_tf.domains import text as text_domain
 from savae_tf.data import synthetic
 from savae_tf.data.text import Vocabulary
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
@@ -79,7 +80,8 @@ def trained_oracle_export(tmp_path_factory):
                            latent_dim=2, svi_config=SVIConfig(steps=5),
                            generation_length=synthetic.SEQUENCE_LENGTH)
   model.compile(optimizer=keras.optimizers.Adam(1e-2))
-  model.fit(synthetic.as_dataset(data.splits["train"], 32, shuffle_seed=0), epochs=2, verbose=0)
+  model.fit(synthetic.SequenceBatches(data.splits["train"], 32, shuffle_seed=0).dataset(),
+            epochs=2, verbose=0)
   vocabulary = synthetic.vocabulary()
   path = export.export(model, vocabulary, str(tmp_path_factory.mktemp("oracle")))
   sentences = [vocabulary.decode(row) for row in data.splits["test"]["tokens"]]
@@ -132,7 +134,7 @@ np.savez(sys.argv[2], **{f"{name}/{key}": value.numpy() for name, result in outp
 def in_memory(text_export):
   """`call_all` through the export's model built in memory, not saved."""
   model, vocabulary, _ = text_export
-  return call_all(export.TextModelExport(model, vocabulary).signatures())
+  return call_all(export.model_export(model, vocabulary).signatures())
 
 
 def test_reloaded_in_a_fresh_process_matches_the_in_memory_model(text_export, in_memory,
@@ -328,7 +330,7 @@ def test_max_length_zero_generates_the_model_s_own_length(oracle_signatures, tex
   # A model that recorded no length draws the documented default.
   out = text_signatures["generate"](z=tf.zeros([2, 3]), max_length=tf.constant(0),
                                     temperature=tf.constant(0.0), seed=tf.constant(0))
-  assert out["tokens"].shape == (2, export.DEFAULT_GENERATION_LENGTH)
+  assert out["tokens"].shape == (2, text_domain.DEFAULT_GENERATION_LENGTH)
 
 
 def test_beam_search_ranks_its_sentences_and_a_beam_of_one_is_greedy(text_export,
@@ -447,13 +449,13 @@ def test_an_export_traced_on_a_gpu_holds_no_gpu_only_op_and_serves_on_a_cpu(tmp_
                           env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   reloaded = np.load(out)
-  score = export.TextModelExport(model, vocabulary).signatures()["score"]
+  score = export.model_export(model, vocabulary).signatures()["score"]
   for key, value in score(sentences=tf.constant(SENTENCES), steps=tf.constant(4),
                           num_samples=tf.constant(7)).items():
     np.testing.assert_allclose(reloaded[key], value.numpy(), rtol=1e-5, atol=1e-5, err_msg=key)
   # What the test guards against: traced on a GPU but not portably, `encode` holds cuDNN's LSTM.
   with simulated_gpu():
-    graph = export.TextModelExport(model, vocabulary).signatures()["encode"].graph.as_graph_def()
+    graph = export.model_export(model, vocabulary).signatures()["encode"].graph.as_graph_def()
   ops = {node.op for node in graph.node} | {node.op for function in graph.library.function
                                             for node in function.node_def}
   assert any(op.startswith("Cudnn") for op in ops)

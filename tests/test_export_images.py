@@ -95,7 +95,7 @@ np.savez(sys.argv[2], **{f"{name}/{key}": value.numpy() for name, result in outp
 @pytest.fixture(scope="module")
 def in_memory(image_export):
   """`call_all` through the export's model built in memory, not saved."""
-  return call_all(export.ImageModelExport(image_export[0]).signatures())
+  return call_all(export.model_export(image_export[0]).signatures())
 
 
 def test_reloaded_in_a_fresh_process_matches_the_in_memory_model(image_export, in_memory,

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from savae_tf import factories
 from savae_tf import flags as savae_flags
 from savae_tf import schedules
 from savae_tf.networks import text
@@ -32,8 +33,8 @@ def parse():
     values(["prog", *args])
     if not build:  # the flags only
       return None
-    savae_flags.set_precision_policy()
-    built = savae_flags.model_from_flags(decoder or LSTMDecoder(9, 4, 4, 2),
+    factories.set_precision_policy()
+    built = factories.model_from_flags(decoder or LSTMDecoder(9, 4, 4, 2),
                                          LSTMEncoder(9, 4, 4, 2), mode, 2, 10, LARGEST_BATCH)
     keras.mixed_precision.set_dtype_policy("float32")
     return built if model else built.svi_config
@@ -94,8 +95,8 @@ def test_only_a_decoder_inside_an_exact_refinement_is_kept_off_cudnn(parse, monk
                                                                       gradient):
   parse(f"--refine_gradient={gradient}", build=False)
   monkeypatch.setattr(text, "runs_keras_lstm", as_on_a_gpu)
-  decoder = LSTMDecoder(9, 4, 4, 2, use_cudnn=savae_flags.decoder_use_cudnn(mode))
-  model = savae_flags.model_from_flags(decoder, LSTMEncoder(9, 4, 4, 2), mode, 2, 10,
+  decoder = LSTMDecoder(9, 4, 4, 2, use_cudnn=factories.decoder_use_cudnn(mode))
+  model = factories.model_from_flags(decoder, LSTMEncoder(9, 4, 4, 2), mode, 2, 10,
                                        LARGEST_BATCH)
   exact = mode == "savae" and gradient in ("auto", "unrolled", "reverse")
   # Exact refinement: the hand-written recurrence; otherwise Keras' layer, free to pick cuDNN.
@@ -107,7 +108,7 @@ def test_an_exact_refinement_refuses_a_decoder_that_would_run_cudnn(parse, monke
   parse("--refine_gradient=reverse")
   monkeypatch.setattr(text, "runs_keras_lstm", as_on_a_gpu)
   with pytest.raises(ValueError, match="no second-order gradient"):
-    savae_flags.model_from_flags(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), "savae", 2, 10,
+    factories.model_from_flags(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), "savae", 2, 10,
                                  LARGEST_BATCH)
 
 
@@ -125,13 +126,13 @@ def test_mixed_precision_sets_the_networks_policy_and_scales_float16s_loss(parse
 def test_auto_measures_the_largest_batch_and_picks_the_mode_that_fits(parse, monkeypatch, capsys,
                                                                       budget, expected):
   from savae_tf import devices, training
-  measured, measure = [], training.refinement_memory
+  measured, measure = [], factories.refinement_memory
 
   def memory(model, batch):
     measured.append(measure(model, batch))
     return measured[-1]
 
-  monkeypatch.setattr(training, "refinement_memory", memory)
+  monkeypatch.setattr(factories, "refinement_memory", memory)
   if budget is None:  # room for the base and exactly 4 steps' activations: 3 kept + 1 swept
     budget_of = lambda fraction: measured[-1][0] + 4 * measured[-1][1]  # noqa: E731
   else:
@@ -152,7 +153,7 @@ def test_auto_leaves_what_it_measured_as_it_was(parse):
   model.train_step(image_data())  # BatchNorm's moving statistics move away from their start
   before = [v.numpy() for v in model.non_trainable_variables]
   config = model.svi_config
-  base, step = training.refinement_memory(model, batch)
+  base, step = factories.refinement_memory(model, batch)
   assert base > 0 and step > 0
   assert model.svi_config == config
   for a, b in zip(before, model.non_trainable_variables):

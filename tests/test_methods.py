@@ -20,7 +20,7 @@ def test_every_registered_method_is_a_method_under_its_own_name():
   for name, method in methods.METHODS.items():
     assert issubclass(method, methods.Method) and method.name == name
     assert method.uses_latent or not method.refines  # refining needs a latent
-  with pytest.raises(ValueError, match="Unknown mode 'beta_vae'"):
+  with pytest.raises(ValueError, match="Unknown method 'beta_vae'"):
     methods.get("beta_vae")
 
 

@@ -125,7 +125,7 @@ def test_a_bfloat16_export_reloaded_in_a_fresh_process_keeps_the_float32_contrac
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   reloaded = np.load(out, allow_pickle=True)
-  for name, outputs in call_all(export.TextModelExport(model, vocabulary).signatures()).items():
+  for name, outputs in call_all(export.model_export(model, vocabulary).signatures()).items():
     for key, value in outputs.items():
       got = reloaded[f"{name}/{key}"]
       if value.dtype == tf.string:

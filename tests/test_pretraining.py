@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from savae_tf import actions
 from savae_tf import schedules
 from savae_tf import training
 from savae_tf.data import text
@@ -49,7 +50,7 @@ def test_pretraining_trains_an_autoencoder_then_restarts_the_decoder_only(tmp_pa
     np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
   # The decoder: exactly a newly built one's initial weights (drawn from seed + 1).
   fresh = model(vocab_size)
-  fresh.reinitialize_decoder(batches.draw(0), pretrained.seed + 1)
+  actions.reinitialize_decoder(fresh, batches.draw(0), pretrained.seed + 1)
   for a, b, trained in zip(pretrained.decoder.weights, fresh.decoder.weights,
                            autoencoder.decoder.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)

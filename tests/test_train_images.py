@@ -39,7 +39,7 @@ def run(args, cwd):
 def two_epochs(directory, mode):
   """Trains `mode` for two epochs into directory / "run" (images, pictures and checkpoints)."""
   write_images(directory)
-  result = run([f"--model={mode}", "--epochs=2", "--num_pictures=3", "--model_dir=run"],
+  result = run([f"--method={mode}", "--epochs=2", "--num_pictures=3", "--model_dir=run"],
                directory)
   assert result.returncode == 0, result.stderr[-3000:]
   return directory
@@ -59,7 +59,7 @@ def test_a_run_writes_metrics_pictures_and_a_loadable_model(tmp_path, mode, requ
   assert [e["epoch"] for e in report["epochs"]] == [1, 2]
   expected = {"nll_bound", "kl", "iw_nll"} | ({"active_units"} if mode != "autoreg" else set())
   assert expected <= set(report["test"]) and "ppl_bound" not in report["test"]
-  assert report["flags"]["model"] == mode
+  assert report["flags"]["method"] == mode
   if mode == "savae":  # images' own default step (per example), recorded with the model
     svi_config = json.loads((tmp_path / "run" / "config.json").read_text())["svi_config"]
     assert (svi_config["step_scale"], svi_config["lr"]) == ("per_example", 0.02)

@@ -129,7 +129,7 @@ def test_a_changed_corpus_does_not_resume_into_an_old_vocabulary(tmp_path, whole
 
 @pytest.mark.parametrize("args, message", [
     (["--model=vae", "--dec_h_dim=16", "--model_dir=run"],
-     "holds a run with other flags: --dec_h_dim=8 (now 16), --model=savae (now vae)"),
+     "holds a run with other flags: --dec_h_dim=8 (now 16), --method=savae (now vae)"),
     (["--model_dir=run", "--export_dir=data/train.txt/export"], "--export_dir=data/train.txt/export "
      "is not writable"),
 ])
@@ -153,7 +153,7 @@ def test_overwrite_starts_a_run_with_other_flags_afresh(tmp_path, whole_run):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resuming" not in result.stdout
   metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-  assert metrics["flags"]["model"] == "vae" and len(metrics["epochs"]) == 1
+  assert metrics["flags"]["method"] == "vae" and len(metrics["epochs"]) == 1
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -189,7 +189,7 @@ def test_test_metrics_equal_evaluate_on_the_model_dir_and_on_the_savedmodel(tmp_
   expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())["test"]
   for model, batch in (("whole", 5), ("export", 64)):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bin" / "evaluate.py"), f"--model={model}",
+        [sys.executable, str(ROOT / "bin" / "evaluate.py"), f"--model_dir={model}",
          "--sentences_file=data/test.txt", "--svi_steps=2", "--num_samples=5",
          f"--batch_size={batch}", f"--output=eval-{model}.json"],
         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)

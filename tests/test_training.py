@@ -8,6 +8,8 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
+from savae_tf import factories
+from savae_tf import flags as savae_flags
 from savae_tf import training
 from savae_tf.model import SemiAmortizedVAE
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
@@ -21,48 +23,62 @@ def test_write_metrics_creates_the_directory_and_the_json(tmp_path):
 def test_model_dir_may_not_be_a_file(tmp_path):
   file = tmp_path / "file"
   file.write_text("x")
-  assert not training.validate_model_dir(str(file))
-  assert training.validate_model_dir(str(tmp_path / "new"))
+  assert not savae_flags.validate_model_dir(str(file))
+  assert savae_flags.validate_model_dir(str(tmp_path / "new"))
 
 
-def test_a_nan_loss_raises_a_clear_error_naming_the_step():
-  keras.utils.set_random_seed(0)
-  model = SemiAmortizedVAE(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), mode="vae",
-                           latent_dim=2)
-  model.compile(optimizer=training.make_optimizer("sgd", 1.0, 5.0))
-  model.decoder.out.bias.assign(tf.fill([9], np.nan))
-  data = tf.data.Dataset.from_tensor_slices(
-      {"tokens": np.ones((4, 5), np.int32), "lengths": np.full([4], 5, np.int32)}).batch(2)
-  with pytest.raises(training.NonFiniteLossError, match="not finite.*at step"):
-    training.fit(model, data, epochs=1, verbose=0)
-
-
-def test_flag_values_lists_only_the_given_modules_flags():
+def test_flag_values_lists_only_the_given_modules_flags_and_no_alias():
   values = flags.FlagValues()
   flags.DEFINE_integer("alpha", 3, "", flag_values=values, module_name=__name__)
-  values(["prog"])
+  flags.DEFINE_alias("beta", "alpha", flag_values=values, module_name=__name__)
+  values(["prog", "--beta=4"])
   import sys
-  assert training.flag_values(values, [sys.modules[__name__]]) == {"alpha": 3}
+  assert factories.flag_values(values, [sys.modules[__name__]]) == {"alpha": 4}
 
 
-def test_fit_with_validation_ends_with_the_best_epochs_weights():
+def tiny_corpus(n, seed=None, sentences_seed=0):
+  from savae_tf.data import text
+  rng = np.random.default_rng(sentences_seed)
+  return text.BatchedCorpus([list(rng.integers(1, 9, 6)) for _ in range(n)], batch_size=4,
+                            pad_id=0, seed=seed)
+
+
+def test_validation_selects_the_best_epoch_and_hands_it_to_on_best(tmp_path):
+  from savae_tf import evaluate
   keras.utils.set_random_seed(0)
   model = SemiAmortizedVAE(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), mode="vae",
                            latent_dim=2)
   # Few training sentences and a large step: validation gets worse after a few epochs.
-  model.compile(optimizer=training.make_optimizer("adam", 0.1, 5.0))
-  rng = np.random.default_rng(0)
-  def data(n):
-    return tf.data.Dataset.from_tensor_slices(
-        {"tokens": rng.integers(1, 9, (n, 6)).astype(np.int32),
-         "lengths": np.full([n], 6, np.int32)}).batch(4)
-  valid = data(8)
-  history = training.fit(model, data(8), epochs=8, validation=valid, verbose=0)
-  curve = history.history["val_nll_bound"]
+  model.compile(optimizer=factories.make_optimizer("adam", 0.1, 5.0))
+  valid = tiny_corpus(8, sentences_seed=1).dataset()
+  best = {}
+  history = training.train(model, tiny_corpus(8, seed=1), 8, str(tmp_path), valid, verbose=0,
+                           on_best=lambda m: best.update(weights=m.get_weights()))
+  curve = [entry["val_nll_bound"] for entry in history]
   assert training.selection_metric(model) == "nll_bound"
   assert min(curve) < curve[-1]  # the last epoch was not the best one
-  final = model.evaluate(valid, verbose=0, return_dict=True)["nll_bound"]
-  assert final == pytest.approx(min(curve), rel=1e-5)
+  model.set_weights(best["weights"])
+  final = evaluate.evaluate(model, valid, num_samples=0)["nll_bound"]
+  assert final == pytest.approx(min(curve), rel=1e-6)
+
+
+def test_the_learning_rate_decays_after_a_bad_epoch_and_stops_the_run():
+  from savae_tf import actions
+  model = SemiAmortizedVAE(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), mode="vae",
+                           latent_dim=2)
+  model.compile(optimizer=factories.make_optimizer("sgd", 0.1, 5.0))
+  decay = actions.LearningRateDecay(start_epoch=2, stop_below=0.03)
+  state = decay.state(model)
+  def end(epoch, improved):
+    return actions.EpochEnd(epoch, {}, {}, improved, [], None, "", lambda: None)
+  assert decay.after_epoch(model, end(0, improved=False)) is None  # before start_epoch
+  assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.1)
+  assert decay.after_epoch(model, end(1, improved=True)) is None
+  assert not bool(state["decaying"].numpy())
+  assert decay.after_epoch(model, end(2, improved=False)) is None  # sticky from here on
+  assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)
+  assert decay.after_epoch(model, end(3, improved=True)) is not None  # 0.025 < 0.03: stop
+  assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.025)
 
 
 MIRRORED = """
@@ -72,7 +88,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from savae_tf import training
+from savae_tf import factories
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.image import GatedPixelCNN, ResNetEncoder
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
@@ -100,11 +116,11 @@ def run(strategy):
     model = SemiAmortizedVAE(*networks(), mode=mode, latent_dim=2,
                              svi_config=SVIConfig(steps=3))
     # A clip that binds: the whole batch's gradient is clipped, as on one device.
-    model.compile(optimizer=training.make_optimizer("sgd", 0.5, 0.5))
+    model.compile(optimizer=factories.make_optimizer("sgd", 0.5, 0.5))
     history = model.fit(data, epochs=2, verbose=0, shuffle=False)
   return history.history["loss"], [v.numpy() for v in model.trainable_variables]
 
-single, single_weights = run(training.make_strategy("default"))
+single, single_weights = run(factories.make_strategy("default"))
 mirrored, mirrored_weights = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
 print(json.dumps({"single": single, "mirrored": mirrored, "weight_diff": float(max(
     np.abs(a - b).max() for a, b in zip(single_weights, mirrored_weights)))}))
@@ -130,7 +146,7 @@ def test_mirrored_on_two_cpus_trains_as_one_device(mode):
 def test_multi_worker_without_a_cluster_is_a_clear_error(monkeypatch):
   monkeypatch.delenv("TF_CONFIG", raising=False)
   with pytest.raises(ValueError, match="TF_CONFIG"):
-    training.make_strategy("multi_worker")
+    factories.make_strategy("multi_worker")
 
 
 def test_resumable_training_names_step_epoch_and_batch_of_a_nan(tmp_path):
@@ -138,7 +154,7 @@ def test_resumable_training_names_step_epoch_and_batch_of_a_nan(tmp_path):
   keras.utils.set_random_seed(0)
   model = SemiAmortizedVAE(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), mode="vae",
                            latent_dim=2)
-  model.compile(optimizer=training.make_optimizer("sgd", 1.0, 5.0))
+  model.compile(optimizer=factories.make_optimizer("sgd", 1.0, 5.0))
   model.decoder.out.bias.assign(tf.fill([9], np.nan))
   corpus = text.BatchedCorpus([[2, 4, 5, 3]] * 8, batch_size=4, pad_id=0, seed=1)
   with pytest.raises(training.NonFiniteLossError, match=r"at step.*\(epoch 1, batch 1 of 2\)"):

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from savae_tf import objectives
+from savae_tf.data import batch_dataset
 from savae_tf.data.text import BOS, Vocabulary
 from savae_tf.networks.synthetic import SyntheticGenerator
 
@@ -214,11 +215,61 @@ def cached_truth(generator, tokens, cache_path: str, grid_size: int = 41, **kwar
   return truth
 
 
-def as_dataset(split: Dict[str, np.ndarray], batch_size: int, shuffle_seed=None):
-  """A tf.data pipeline of {"tokens", "lengths"} batches (shuffled each epoch when seeded)."""
-  dataset = tf.data.Dataset.from_tensor_slices(
-      {"tokens": split["tokens"].astype(np.int32), "lengths": split["lengths"]})
-  if shuffle_seed is not None:
-    dataset = dataset.shuffle(len(split["tokens"]), seed=shuffle_seed,
-                              reshuffle_each_iteration=True)
-  return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+# The synthetic table (RESULTS.md) was first made by Keras' `fit` over one shuffled pipeline
+# shared by the job's runs; `fit` drew two of its passes per epoch and trained on the first. The
+# batches keep those orders, so the table's numbers stand: the k-th trained run of a job starts
+# at pass PASSES_PER_EPOCH * k * epochs (bin/train_synthetic.py).
+PASSES_PER_EPOCH = 2
+
+
+class SequenceBatches:
+  """A split's sequences in batches of {"tokens", "lengths"} (with "rows", `data.batch_dataset`).
+
+  Training (`shuffle_seed` given): epoch e visits the sequences in the order of pass
+  `first_pass + PASSES_PER_EPOCH * e` of tf.data's seeded shuffle (`Dataset.shuffle(n,
+  shuffle_seed)`, reshuffled each pass, under the global seed of `keras.utils.set_random_seed`),
+  a function of (seed, pass) only, so a run can stop anywhere and resume at (epoch, position)
+  with the batches it would have seen. Evaluation: in order.
+  """
+
+  def __init__(self, split: Dict[str, np.ndarray], batch_size: int,
+               shuffle_seed: Optional[int] = None, first_pass: int = 0):
+    self.tokens = split["tokens"].astype(np.int32)
+    self.lengths = split["lengths"].astype(np.int32)
+    self.batch_size, self.seed, self.first_pass = batch_size, shuffle_seed, first_pass
+    self.longest = int(self.lengths.max())
+
+  def __len__(self):
+    return -(-len(self.tokens) // self.batch_size)
+
+  def order(self, epoch: int) -> np.ndarray:
+    count = len(self.tokens)
+    if self.seed is None:
+      return np.arange(count)
+    passes = tf.data.Dataset.range(count).shuffle(count, seed=self.seed,
+                                                  reshuffle_each_iteration=True)
+    index = self.first_pass + PASSES_PER_EPOCH * epoch
+    return np.fromiter(passes.repeat(index + 1).skip(index * count).as_numpy_iterator(),
+                       np.int64, count)
+
+  def _batch(self, rows):
+    return {"tokens": self.tokens[rows], "lengths": self.lengths[rows]}
+
+  def largest_batch(self) -> Dict[str, np.ndarray]:
+    """A full batch (every sequence has the same length): where memory is measured."""
+    return self._batch(np.arange(min(self.batch_size, len(self.tokens))))
+
+  def draw(self, key: int) -> Dict[str, np.ndarray]:
+    """A batch of random sequences chosen by the integer `key` alone."""
+    rows = np.random.default_rng([self.seed or 0, key, 1]).choice(
+        len(self.tokens), min(self.batch_size, len(self.tokens)), replace=False)
+    return self._batch(rows)
+
+  def dataset(self, epoch: int = 0, start: int = 0) -> tf.data.Dataset:
+    """Epoch `epoch`'s batches from position `start` on, as a prefetched tf.data pipeline."""
+    order = self.order(epoch)
+    signature = {"tokens": tf.TensorSpec([None, None], tf.int32),
+                 "lengths": tf.TensorSpec([None], tf.int32)}
+    return batch_dataset(
+        lambda: (self._batch(order[i * self.batch_size:(i + 1) * self.batch_size])
+                 for i in range(start, len(self))), signature, len(self) - start)

@@ -30,10 +30,15 @@ class Aggressive(VAE):
 
   def __init__(self):
     self.active = None  # built with the run's state (`training_state`)
+    self.inner_loop = None  # the training loop's callback (`callbacks`)
 
   def trained_variables(self, model):
+    if self.active is None or self.inner_loop is None:
+      raise ValueError("The aggressive method needs the training loop's hooks (its inner loop "
+                       "and phase): train it with savae_tf.training.train or an experiment "
+                       "(savae_tf.experiments.runner), not a bare fit.")
     with tf.init_scope():  # the flag's value when the step is traced (retraced when it flips)
-      active = self.active is not None and bool(self.active.numpy())
+      active = bool(self.active.numpy())
     if active:
       return model.decoder.trainable_variables
     return model.trainable_variables
@@ -51,7 +56,8 @@ class Aggressive(VAE):
             "aggressive_encoder_optimizer": self.encoder_optimizer}
 
   def callbacks(self, model, corpus):
-    return [_InnerLoop(self, model, corpus)]
+    self.inner_loop = _InnerLoop(self, model, corpus)
+    return [self.inner_loop]
 
   def after_epoch(self, model, validation):
     if not bool(self.active.numpy()) or "mi" not in validation:

@@ -1,13 +1,13 @@
 """What a training method is: how one batch becomes the losses the optimizer minimises.
 
-A method reads the batch (`Batch`) and the model's shared parts (encoder, decoder, refiner,
-`SemiAmortizedVAE.posterior_terms`) and returns the per-example terms the model reports and the
+A method reads the batch (`Batch`) and the model's parts (encoder, decoder, the objective
+`model.objective`, the refiner `model.refiner`) and returns the per-example terms the model reports and the
 losses it trains on: `loss`, and for methods that train the encoder on a separate objective,
 `encoder_loss` (which must not reach the decoder). Which variables a loss trains follows from
 what it depends on; the gradient-routing tests of tests/test_methods.py hold each method to it.
 
 What composes with every method lives outside it: the KL weight schedule (`savae_tf.schedules`),
-free bits (`SemiAmortizedVAE.posterior_terms`) and the refiner's settings (`SVIConfig`).
+free bits (`bounds.ELBO`) and the refiner's settings (`refiners.SVIConfig`).
 """
 
 from typing import Any, ClassVar, Dict, List, NamedTuple, Optional
@@ -20,7 +20,7 @@ from savae_tf import svi
 
 class Batch(NamedTuple):
   """One batch as a method sees it."""
-  obs: "Observation"  # savae_tf.model.Observation
+  obs: "Observation"  # savae_tf.domains.Observation
   context: tf.Tensor  # the decoder's z-independent work (`decoder.prepare`)
   seed_0: tf.Tensor  # noise of lambda_0's terms
   seed_k: tf.Tensor  # noise of lambda_K's terms
@@ -50,7 +50,7 @@ class Method:
   refines: ClassVar[bool] = False  # trains on lambda_K, and evaluates refined by default
   differentiates_refinement: ClassVar[bool] = False  # gradients flow through the K steps
   # Its updates span batches or epochs (the hooks below): it trains only through
-  # `savae_tf.training.train`, not a bare `fit`.
+  # `savae_tf.training.train` (whose `actions.MethodHooks` call them), not a bare `fit`.
   needs_training_loop: ClassVar[bool] = False
 
   def forward(self, model, batch: Batch, refine: bool) -> Dict[str, tf.Tensor]:
@@ -59,13 +59,13 @@ class Method:
     out["mean0"], out["logvar0"] = mean0, logvar0
     amortized = None
     if self.uses_encoder:
-      amortized = model.posterior_terms(batch, mean0, logvar0, batch.seed_0, watch=True)
+      amortized = model.objective.terms(batch, mean0, logvar0, batch.seed_0, watch=True)
       out.update(nll_bound=amortized.nll + amortized.kl, kl=amortized.kl, loss=amortized.loss,
                  amortized_loss=amortized.loss)
     if not refine:
       return out
     mean_k, logvar_k = self.refined_posterior(model, batch, mean0, logvar0)
-    refined = model.posterior_terms(batch, mean_k, logvar_k, batch.seed_k)
+    refined = model.objective.terms(batch, mean_k, logvar_k, batch.seed_k)
     out.update(refined_nll_bound=refined.nll + refined.kl, kl=refined.kl, mean=mean_k,
                logvar=logvar_k, loss=refined.loss)
     encoder_loss = self.encoder_loss(batch, amortized, mean_k, logvar_k)
@@ -76,8 +76,8 @@ class Method:
   def refined_posterior(self, model, batch: Batch, mean0, logvar0):
     """lambda_K. Default: refined from a detached lambda_0 with the gradient stopped, so the loss
     at lambda_K trains the decoder alone."""
-    return model.refine_posterior(batch, tf.stop_gradient(mean0), tf.stop_gradient(logvar0),
-                                  "none")
+    return model.refiner.posterior(model.objective, batch, tf.stop_gradient(mean0),
+                                   tf.stop_gradient(logvar0), "none")
 
   def encoder_loss(self, batch: Batch, amortized, mean_k, logvar_k) -> Optional[tf.Tensor]:
     """A separate objective of the encoder (None: the encoder learns from `loss` alone)."""

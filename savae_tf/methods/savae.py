@@ -11,4 +11,4 @@ class SAVAE(Method):
   differentiates_refinement = True
 
   def refined_posterior(self, model, batch: Batch, mean0, logvar0):
-    return model.refine_posterior(batch, mean0, logvar0, batch.gradient)
+    return model.refiner.posterior(model.objective, batch, mean0, logvar0, batch.gradient)

@@ -69,7 +69,7 @@ class GatedPixelCNN(keras.layers.Layer):
   `latent_dim=0` it is the PixelCNN baseline.
   """
 
-  data_kind = "images"
+  domain = "images"  # savae_tf.domains
 
   def __init__(self, latent_dim: int = 32, channels: int = 32,
                kernel_sizes: Sequence[int] = PAPER_KERNEL_SIZES, latent_feature_maps: int = 4,

@@ -43,7 +43,7 @@ class SyntheticGenerator(keras.layers.Layer):
 
   # The start token is an input id past the output vocabulary: vocabularies have vocab_size + 1 words.
   input_only_ids = 1
-  data_kind = "text"
+  domain = "synthetic"  # savae_tf.domains
 
   @property
   def floats_per_target(self):

@@ -436,7 +436,7 @@ class LSTMDecoder(keras.layers.Layer):
             "dropout": self.dropout, "init_scale": self.init_scale, "use_cudnn": self.use_cudnn,
             "xla_sweeps": self.xla_sweeps}
 
-  data_kind = "text"
+  domain = "text"  # savae_tf.domains
 
   @property
   def floats_per_target(self):
