@@ -26,7 +26,7 @@ import tensorflow as tf
 from savae_tf import domains
 from savae_tf import export
 from savae_tf import flags as savae_flags
-from savae_tf import training
+from savae_tf import runs
 from savae_tf.data import synthetic
 from savae_tf.data import text
 from savae_tf.evaluate import evaluate_sentences
@@ -84,7 +84,7 @@ def main(_):
   saved_model = tf.saved_model.contains_saved_model(export.latest_version(FLAGS.model_dir))
   default_dir = "." if saved_model else FLAGS.model_dir
   output = FLAGS.output or os.path.join(default_dir, "eval_metrics.json")
-  path = training.write_metrics(os.path.dirname(output) or ".", {
+  path = runs.write_metrics(os.path.dirname(output) or ".", {
       "model_dir": FLAGS.model_dir, "data": FLAGS.sentences_file or FLAGS.data, **report},
       os.path.basename(output))
   print(", ".join(f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}"

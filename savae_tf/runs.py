@@ -15,13 +15,13 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
 from savae_tf.model import SemiAmortizedVAE
 
-CONFIG, WEIGHTS, RUN = "config.json", "weights", "run.json"
+CONFIG, WEIGHTS, RUN, METRICS = "config.json", "weights", "run.json", "metrics.json"
 CHECKPOINTS = "checkpoints"
 
 
@@ -57,6 +57,8 @@ def claim_run_directory(model_dir: str, defining: Dict[str, Any], overwrite: boo
   """
   defining = json.loads(json.dumps(defining))  # the values as run.json will hold them
   recorded = _recorded_run(model_dir)
+  if recorded and "method" in defining and "method" not in recorded and "model" in recorded:
+    recorded["method"] = recorded.pop("model")  # run.json of a run from before --method
   trained = bool(tf.io.gfile.glob(os.path.join(model_dir, CHECKPOINTS, "*")))
   if trained and recorded is not None and recorded != defining:
     if not overwrite:
@@ -130,3 +132,22 @@ def _checkpoint(model):
   """The networks' variables by attribute path (no optimizer or metric state)."""
   networks = {"decoder": model.decoder, "encoder": model.encoder}
   return tf.train.Checkpoint(**{name: net for name, net in networks.items() if net is not None})
+
+
+def write_metrics(model_dir: str, metrics: Dict[str, Any], name: str = METRICS) -> str:
+  """Writes <model_dir>/<name> (metrics.json: {"epochs": [...]} while training; then with
+  "flags" and "test" at the end of a run); returns its path."""
+  os.makedirs(model_dir, exist_ok=True)
+  path = os.path.join(model_dir, name)
+  with open(path, "w") as f:
+    json.dump(metrics, f, indent=2, sort_keys=True)
+  return path
+
+
+def recorded_epochs(model_dir: str) -> List[Dict[str, Any]]:
+  """The epochs <model_dir>/metrics.json holds (none if there is no file)."""
+  path = os.path.join(model_dir, METRICS)
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return json.load(f).get("epochs", [])

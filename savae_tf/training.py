@@ -2,7 +2,6 @@
 the best model, and the actions (`savae_tf.actions`) that make every extra; a clear stop when the
 loss turns NaN."""
 
-import json
 import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -12,19 +11,12 @@ import tensorflow as tf
 
 from savae_tf import actions as actions_lib
 from savae_tf import evaluate
+from savae_tf import runs
 from savae_tf.actions import Action
 
 
 class NonFiniteLossError(RuntimeError):
   """Training stopped because the loss became NaN or Inf."""
-
-
-def write_metrics(model_dir: str, metrics: Dict[str, Any], name: str = "metrics.json") -> str:
-  os.makedirs(model_dir, exist_ok=True)
-  path = os.path.join(model_dir, name)
-  with open(path, "w") as f:
-    json.dump(metrics, f, indent=2, sort_keys=True)
-  return path
 
 
 def selection_metric(model) -> str:
@@ -72,14 +64,11 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
   checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, **state)
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
                                        max_to_keep=max_to_keep)
-  history_path = os.path.join(resume_dir, "metrics.json")
   history = []
   latest = tf.train.latest_checkpoint(os.path.join(resume_dir, "checkpoints"))
   if latest:
     checkpoint.restore(latest).assert_existing_objects_matched()
-    if os.path.isfile(history_path):
-      with open(history_path) as f:
-        history = json.load(f)["epochs"][:int(state["epoch"].numpy())]
+    history = runs.recorded_epochs(resume_dir)[:int(state["epoch"].numpy())]
     print(f"Resuming from {latest}: epoch {int(state['epoch'].numpy()) + 1}, "
           f"batch {int(state['position'].numpy())} of {len(corpus)}", flush=True)
 
@@ -139,7 +128,7 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
     state["epoch"].assign(epoch + 1)
     state["position"].assign(0)
     manager.save(checkpoint_number=model.optimizer.iterations)
-    write_metrics(model_dir, {"epochs": history})
+    runs.write_metrics(model_dir, {"epochs": history})
     if stops:
       print(stops[0], flush=True)
       break

@@ -144,3 +144,21 @@ def test_a_cluster_s_other_workers_only_refuse_other_flags(tmp_path):
   runs.claim_run_directory(str(tmp_path / "trained"), dict(RUN, model="vae"), overwrite=True,
                            write=False)
   assert (tmp_path / "trained" / runs.CHECKPOINTS).is_dir()
+
+
+def test_a_run_recorded_before_the_method_flag_resumes_under_its_new_name(tmp_path):
+  run_dir = tmp_path / "run"
+  runs.claim_run_directory(str(run_dir), {"model": "savae", "dec_h_dim": 128})
+  (run_dir / runs.CHECKPOINTS).mkdir()
+  (run_dir / runs.CHECKPOINTS / "ckpt-1.index").write_text("")
+  runs.claim_run_directory(str(run_dir), {"method": "savae", "dec_h_dim": 128})
+  assert json.loads((run_dir / runs.RUN).read_text())["method"] == "savae"
+  with pytest.raises(runs.RunDirectoryError, match="--method=savae \\(now vae\\)"):
+    runs.claim_run_directory(str(run_dir), {"method": "vae", "dec_h_dim": 128})
+
+
+def test_metrics_json_is_written_whole_and_its_epochs_read_back(tmp_path):
+  assert runs.recorded_epochs(str(tmp_path / "run")) == []
+  path = runs.write_metrics(str(tmp_path / "run"), {"epochs": [{"epoch": 1}], "test": {}})
+  assert json.load(open(path)) == {"epochs": [{"epoch": 1}], "test": {}}
+  assert runs.recorded_epochs(str(tmp_path / "run")) == [{"epoch": 1}]

@@ -15,11 +15,6 @@ from savae_tf.model import SemiAmortizedVAE
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
 
-def test_write_metrics_creates_the_directory_and_the_json(tmp_path):
-  path = training.write_metrics(str(tmp_path / "run"), {"nll_bound": 1.5})
-  assert json.load(open(path)) == {"nll_bound": 1.5}
-
-
 def test_model_dir_may_not_be_a_file(tmp_path):
   file = tmp_path / "file"
   file.write_text("x")

@@ -92,7 +92,7 @@ def run_experiment(experiment: Experiment) -> Optional[Outcome]:
     runs.restore_weights(model, e.model_dir)
     metrics, rows = evaluate_rows(model, e.test.dataset(), num_samples=e.num_samples,
                                   progress=f"test: bounds and iw_nll ({e.num_samples} samples)")
-  training.write_metrics(e.model_dir, {"flags": e.flags, "epochs": history, "test": metrics})
+  runs.write_metrics(e.model_dir, {"flags": e.flags, "epochs": history, "test": metrics})
   print("test: " + ", ".join(f"{name} {value:.3f}" for name, value in sorted(metrics.items())),
         flush=True)
   _draw(e, model, rows, title)

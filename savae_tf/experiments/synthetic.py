@@ -22,6 +22,7 @@ import numpy as np
 from savae_tf import factories
 from savae_tf import figures
 from savae_tf import flags as savae_flags
+from savae_tf import runs
 from savae_tf import training
 from savae_tf.data import synthetic
 from savae_tf.experiments.runner import Experiment, run_experiment
@@ -133,14 +134,14 @@ def run(binary):
           f"{key} {value:.3f}" for key, value in sorted(metrics.items())), flush=True)
   report = {"flags": factories.flag_values(FLAGS, modules), "true_nll": true_nll,
             "true_nll_quadrature_error": truth.error, "runs": results}
-  print(f"metrics written to {training.write_metrics(FLAGS.model_dir, report)}")
+  print(f"metrics written to {runs.write_metrics(FLAGS.model_dir, report)}")
   if FLAGS.method == "all":
     _print_table(results, methods, generators, true_nll)
   if no_pictures is not None:
     print(f"pictures skipped: {no_pictures}")
   elif approximations:
     report["pictures"] = _draw(data, vocabulary, truth, approximations, FLAGS.model_dir) + curves
-    training.write_metrics(FLAGS.model_dir, report)  # again, now listing the pictures
+    runs.write_metrics(FLAGS.model_dir, report)  # again, now listing the pictures
     print("pictures: " + ", ".join(report["pictures"]))
 
 
