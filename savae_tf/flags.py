@@ -155,9 +155,11 @@ def validate_model_dir(path: str) -> bool:
   return not os.path.isfile(path)
 
 
-def define_method_flag(default: str, choices=tuple(methods.METHODS), extra_help: str = ""):
-  """--method, the training method (`savae_tf.methods`), and its alias --model."""
-  flags.DEFINE_enum("method", default, list(choices), "Training method." + extra_help)
+def define_method_flag(default: str, extra_choices=(), extra_help: str = ""):
+  """--method, the training method (`savae_tf.methods`: the methods registered when the binary
+  defines its flags), and its alias --model."""
+  flags.DEFINE_enum("method", default, list(methods.METHODS) + list(extra_choices),
+                    "Training method." + extra_help)
   flags.DEFINE_alias("model", "method")
 
 
@@ -270,8 +272,7 @@ def define_image_flags():
 
 def define_synthetic_flags():
   """bin/train_synthetic.py's flags: which methods and generators, the splits' sizes, where."""
-  define_method_flag("all", tuple(methods.METHODS) + ("all",),
-                     " 'all': Table 1's VAE, SVI and SA-VAE.")
+  define_method_flag("all", ("all",), " 'all': Table 1's VAE, SVI and SA-VAE.")
   flags.DEFINE_enum("generator", "both", ["oracle", "learned", "both"],
                     "'oracle': the decoder is the fixed true generator; 'learned': a generator of "
                     "the same architecture is trained; 'both': one run of each.")
