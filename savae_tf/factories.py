@@ -19,7 +19,6 @@ from savae_tf import methods
 from savae_tf import runs
 from savae_tf import schedules
 from savae_tf import flags as savae_flags
-from savae_tf import training
 from savae_tf.flags import DEFAULT_STEP_SIZES, RESUMABLE_CHANGES
 from savae_tf.model import SemiAmortizedVAE
 from savae_tf.refiners import SVIConfig

@@ -7,12 +7,10 @@ alias); a directory flag is `--model_dir` in every binary.
 
 import os
 import sys
-from typing import Any, Dict, Optional
 
 from absl import app
 from absl import flags
 from absl import logging
-import keras
 import tensorflow as tf
 
 from savae_tf import cluster

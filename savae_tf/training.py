@@ -4,7 +4,7 @@ loss turns NaN."""
 
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -62,10 +62,10 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
   for action in actions:
     state.update(action.state(model))
   checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, **state)
-  manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+  manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, runs.CHECKPOINTS),
                                        max_to_keep=max_to_keep)
   history = []
-  latest = tf.train.latest_checkpoint(os.path.join(resume_dir, "checkpoints"))
+  latest = tf.train.latest_checkpoint(os.path.join(resume_dir, runs.CHECKPOINTS))
   if latest:
     checkpoint.restore(latest).assert_existing_objects_matched()
     history = runs.recorded_epochs(resume_dir)[:int(state["epoch"].numpy())]

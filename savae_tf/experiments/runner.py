@@ -72,7 +72,7 @@ def run_experiment(experiment: Experiment) -> Optional[Outcome]:
   verbose = (1 if sys.stdout.isatty() else 0) if e.verbose is None else e.verbose
   save_best = lambda m: runs.save_model(m, e.artefacts, run_dir)  # noqa: E731
   with strategy.scope(), cluster.worker_directory(e.model_dir) as run_dir:
-    if not tf.train.latest_checkpoint(os.path.join(e.model_dir, "checkpoints")):
+    if not tf.train.latest_checkpoint(os.path.join(e.model_dir, runs.CHECKPOINTS)):
       save_best(model)  # the untrained model, until there is a best
     history = []
     if model.trainable_variables:
