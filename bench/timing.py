@@ -112,22 +112,33 @@ class _FixedBatches:
     return tf.data.Dataset.from_tensors(self.batch)
 
 
-def timed_step(model, batch):
-  """A callable running one training step of the compiled `model` on `batch` as the training
-  loop does: for a method whose updates span batches (`needs_training_loop`), its callbacks'
-  work before the step too (the aggressive method's encoder loop, in its phase; on one fixed
-  batch its loss keeps falling, so the loop tends to run to its cap: the phase's worst case)."""
-  step = tf.function(model.train_step)
+def timed_step(model, batch, corpus=None):
+  """A callable running one training step of the compiled `model` as the training loop does.
+
+  For a method whose updates span batches (`needs_training_loop`), its callbacks' work before the
+  step too (the aggressive method's encoder loop, in its phase), with every batch drawn from
+  `corpus` as training draws them (`corpus.draw`, keyed by the optimizer's step): each call is
+  the next step of a run, on batches of their own, so the loop's length varies as in training
+  and the median is the typical step. Without `corpus` every draw is `batch`, on which the
+  encoder's loss keeps falling, so the loop runs to its cap: the phase's worst case."""
   if not model.method.needs_training_loop:
+    step = tf.function(model.train_step)
     return lambda: step(batch)
+  corpus = corpus or _FixedBatches(batch)
+  # One trace for every batch shape the corpus has (training's step is traced per shape, once).
+  spec = {name: tf.TensorSpec([None] * len(value.shape), value.dtype)
+          for name, value in corpus.dataset().element_spec.items() if name != "rows"}
+  step = tf.function(model.train_step, input_signature=[spec])
   model.optimizer.build(model.trainable_variables)
   model.method.training_state(model)
-  callbacks = model.method.callbacks(model, _FixedBatches(batch))
+  callbacks = model.method.callbacks(model, corpus)
 
   def run():
     for callback in callbacks:
       callback.on_train_batch_begin(0)
-    return step(batch)
+    # The step's own batch: a key the aggressive inner loop (keys stride * step + 1..) never draws.
+    stride = getattr(model.method, "max_inner_steps", 1)
+    return step(corpus.draw(stride * int(model.optimizer.iterations.numpy())))
 
   return run
 

@@ -30,7 +30,7 @@ from savae_tf.experiments import images
 from savae_tf.experiments.runner import run_experiment
 
 # Per-example step for images: chosen on the MNIST subset's validation data (RESULTS.md).
-savae_flags.define_svi_flags(per_example_lr=0.02)
+savae_flags.define_svi_flags()
 savae_flags.define_seed_flag()
 savae_flags.define_device_flags()
 savae_flags.define_training_flags(epochs=100, optimizer="adam", learning_rate=1e-3, warmup=10,

@@ -37,7 +37,7 @@ from savae_tf import flags as savae_flags
 from savae_tf.experiments import synthetic
 
 # Per-example step for the synthetic data: chosen on its validation set (RESULTS.md).
-savae_flags.define_svi_flags(per_example_lr=0.003)
+savae_flags.define_svi_flags()
 savae_flags.define_seed_flag()
 savae_flags.define_device_flags()
 savae_flags.define_xla_sweeps_flag()

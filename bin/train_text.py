@@ -28,7 +28,7 @@ from savae_tf.experiments import text
 from savae_tf.experiments.runner import run_experiment
 
 # Per-example step for text: chosen on Penn Treebank's validation data (RESULTS.md).
-savae_flags.define_svi_flags(per_example_lr=0.03)
+savae_flags.define_svi_flags()
 savae_flags.define_seed_flag()
 savae_flags.define_device_flags()
 savae_flags.define_xla_sweeps_flag()

@@ -61,7 +61,7 @@ class MethodHooks(Action):
     return self.method.callbacks(model, corpus)
 
   def after_epoch(self, model, end):
-    self.method.after_epoch(model, end.validation)
+    end.entry.update(self.method.after_epoch(model, end.validation))
 
 
 def reinitialize_decoder(model, data, seed: int):

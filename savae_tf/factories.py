@@ -15,13 +15,15 @@ import tensorflow as tf
 from savae_tf import cluster
 from savae_tf import console
 from savae_tf import devices
+from savae_tf import domains
 from savae_tf import methods
+from savae_tf import refiners
 from savae_tf import runs
 from savae_tf import schedules
 from savae_tf import flags as savae_flags
-from savae_tf.flags import DEFAULT_STEP_SIZES, RESUMABLE_CHANGES
+from savae_tf.flags import RESUMABLE_CHANGES
 from savae_tf.model import SemiAmortizedVAE
-from savae_tf.refiners import SVIConfig
+from savae_tf.refiners import DEFAULT_SVI_LR, SVIConfig
 
 
 def flag_values(flag_values, modules) -> Dict[str, Any]:
@@ -153,16 +155,21 @@ def svi_max_grad_norm(value: float):
   return value if value > 0 else None
 
 
-def svi_lr() -> float:
-  """--svi_lr, or the default of --svi_step_scale's convention."""
+def svi_lr(mode: Optional[str] = None, domain: Optional[str] = None) -> float:
+  """--svi_lr, or the default for `mode` on `domain`'s data (`refiners.default_lr`); without
+  them, --svi_step_scale's default for a refiner on its own."""
   f = flags.FLAGS
-  return DEFAULT_STEP_SIZES[f.svi_step_scale] if f.svi_lr is None else f.svi_lr
+  if f.svi_lr is not None:
+    return f.svi_lr
+  if mode is None or domain is None:
+    return DEFAULT_SVI_LR[f.svi_step_scale]
+  return refiners.default_lr(methods.METHODS[mode], domains.get(domain), f.svi_step_scale)
 
 
-def svi_settings() -> Dict[str, Any]:
-  """The refiner's keyword arguments of `savae_tf.refine` from the flags."""
+def svi_settings(mode: Optional[str] = None, domain: Optional[str] = None) -> Dict[str, Any]:
+  """The refiner's keyword arguments of `savae_tf.refine` from the flags (the step `svi_lr`'s)."""
   f = flags.FLAGS
-  return dict(lr=svi_lr(), momentum=f.momentum,
+  return dict(lr=svi_lr(mode, domain), momentum=f.momentum,
               max_grad_norm=svi_max_grad_norm(f.svi_max_grad_norm), step_scale=f.svi_step_scale)
 
 
@@ -209,7 +216,8 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int, steps_per_epo
   auto = f.refine_gradient == "auto"
   svi_config = SVIConfig(steps=f.svi_steps, gradient="unrolled" if auto else f.refine_gradient,
                          keep_steps=f.refine_keep_steps,
-                         batch_size=f.batch_size if batch_mean else None, **svi_settings())
+                         batch_size=f.batch_size if batch_mean else None,
+                         **svi_settings(mode, decoder.domain))
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=latent_dim,
                            svi_config=svi_config, test_svi_steps=f.test_svi_steps,
                            kl_schedule=kl_schedule(steps_per_epoch), free_bits=f.free_bits,

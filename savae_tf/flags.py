@@ -21,20 +21,13 @@ from savae_tf import schedules
 from savae_tf import svi
 from savae_tf.data import images as image_data
 from savae_tf.networks import image as image_networks
-from savae_tf.refiners import DEFAULT_SVI_LR
 from savae_tf.training import NonFiniteLossError
 
 
 PRECISION_POLICIES = ["float32", "mixed_float16", "mixed_bfloat16"]
 
-# The step size --svi_lr defaults to, per convention; a binary sets its data's per-example step.
-DEFAULT_STEP_SIZES = dict(DEFAULT_SVI_LR)
-
-
-def define_svi_flags(per_example_lr: float = DEFAULT_SVI_LR["per_example"]):
-  """The refiner's settings (train and test time); `per_example_lr` is this binary's default
-  step under the per-example convention (each data kind's is chosen on its validation data)."""
-  DEFAULT_STEP_SIZES["per_example"] = per_example_lr
+def define_svi_flags():
+  """The refiner's settings (train and test time)."""
   flags.DEFINE_integer("svi_steps", 20, "Refinement steps K (0 = no refinement).", lower_bound=0)
   flags.DEFINE_enum(
       "svi_step_scale", "per_example", svi.STEP_SCALES,
@@ -44,8 +37,11 @@ def define_svi_flags(per_example_lr: float = DEFAULT_SVI_LR["per_example"]):
       "gradient, and the clip norm is over the whole batch); for reproducing its numbers. "
       "Evaluation and exported models always refine per example (batch_mean models with "
       "svi_lr / batch_size and a clip of svi_max_grad_norm * batch_size).")
-  flags.DEFINE_float("svi_lr", None, "Refinement step size, for both mean and logvar (default: "
-                     + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_STEP_SIZES.items()) + ").")
+  flags.DEFINE_float(
+      "svi_lr", None,
+      "Refinement step size, for both mean and logvar. Default: per example, the step chosen on "
+      "validation for the --method and the data (docs/methods.md: SVI from the prior takes "
+      "larger steps than SA-VAE's); with batch_mean, the paper's 1.")
   flags.DEFINE_float("momentum", 0.5, "Heavy-ball momentum of the refinement.")
   flags.DEFINE_float(
       "svi_max_grad_norm", 5.0,

@@ -217,7 +217,9 @@ class SemiAmortizedVAE(keras.Model):
     tf.debugging.Assert(tf.math.is_finite(loss),
                         ["Training loss is not finite (NaN or Inf) at step", step, ":", loss])
     variables = self.method.trained_variables(self)
-    grads = replicas.clipped_gradients(tape.gradient(objective, variables), self.optimizer)
+    norm_only = self.method.clipped_with(self)
+    grads = replicas.clipped_gradients(tape.gradient(objective, variables + norm_only),
+                                       self.optimizer, len(variables))
     self.optimizer.apply(grads, variables)
     for name, value in replicas.whole_batch_means(out, list(self.trackers)).items():
       self.trackers[name].update_state(value)

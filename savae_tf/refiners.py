@@ -14,10 +14,19 @@ import keras
 from savae_tf import distributions
 from savae_tf import svi
 
-# The refiner's default step size per convention. per_example: chosen on the synthetic
-# experiment's validation set (RESULTS.md; the text and image binaries choose their own, 0.03
-# and 0.02, on their data's); batch_mean: the paper's.
+# The refiner's default step size per convention, for a refiner on its own. per_example: SA-VAE's
+# on the synthetic experiment's validation set (the binaries take the step chosen for their
+# method and data: `default_lr`); batch_mean: the paper's.
 DEFAULT_SVI_LR = {"per_example": 0.003, "batch_mean": 1.0}
+
+
+def default_lr(method, domain, step_scale: str = "per_example") -> float:
+  """The step size a training method refines with on a domain's data by default: under
+  batch_mean the paper's 1; per example, the step chosen on validation for that method and data
+  (`Method.svi_lrs`), else the domain's (`Domain.svi_lr`, chosen for SA-VAE)."""
+  if step_scale != "per_example":
+    return DEFAULT_SVI_LR[step_scale]
+  return method.svi_lrs.get(domain.name, domain.svi_lr)
 
 
 @keras.saving.register_keras_serializable(package="savae_tf")

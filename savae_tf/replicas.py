@@ -47,18 +47,26 @@ def whole_batch_sums(values):
   return values if count == 1 else context.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
-def clipped_gradients(grads, optimizer):
-  """The gradients the optimizer applies. Keras clips each replica's share before summing them;
-  the paper clips the whole batch's gradient: with several replicas the sum is clipped here, and
-  each share is then at most clip / replicas, so the optimizer's own clip never binds."""
+def clipped_gradients(grads, optimizer, applied=None):
+  """The gradients the optimizer applies: the first `applied` of `grads` (default all), clipped
+  by the global norm of all of `grads` at the optimizer's `global_clipnorm`. The rest count in
+  the norm without being applied: He et al.'s aggressive steps clip every parameter's gradient
+  jointly and then update one network.
+
+  Keras clips each replica's share before summing them; the paper clips the whole batch's
+  gradient: with several replicas the sum is clipped here, and each share is then at most
+  clip / replicas, so the optimizer's own clip never binds."""
   replica, count = replicas()
+  applied = len(grads) if applied is None else applied
   clip = getattr(optimizer, "inner_optimizer", optimizer).global_clipnorm
-  if not clip or count == 1:
-    return grads
+  if not clip or (count == 1 and applied == len(grads)):
+    return grads[:applied]
   if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
     clip = clip * optimizer.dynamic_scale  # the gradients are still scaled
-  grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-  return [tf.math.scalar_mul(1.0 / count, g) for g in tf.clip_by_global_norm(grads, clip)[0]]
+  if count > 1:
+    grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+  return [tf.math.scalar_mul(1.0 / count, g)
+          for g in tf.clip_by_global_norm(grads, clip)[0][:applied]]
 
 
 def logs(results):

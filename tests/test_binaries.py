@@ -110,6 +110,19 @@ def check_synthetic_report(tmp_path, stdout):
           "true_nll"} <= set(metrics)
   assert report["flags"]["svi_steps"] == 2 and report["flags"]["method"] == "all"
   assert metrics["true_nll"] == pytest.approx(report["true_nll"])
+  # SVI with the oracle trains nothing, yet validation chooses its step: its report has one.
+  svi_run = json.loads((tmp_path / "run" / "oracle-svi" / "metrics.json").read_text())
+  assert svi_run["epochs"] == [] and report["runs"]["oracle/svi"][
+      "val_refined_nll_bound"] == pytest.approx(svi_run["validation"]["refined_nll_bound"])
+  # Each refining model refines at the step chosen for its method on this data.
+  from savae_tf import domains, methods, refiners
+  for method in ("svi", "savae"):
+    config = json.loads((tmp_path / "run" / f"oracle-{method}" / "config.json").read_text())
+    assert config["svi_config"]["lr"] == refiners.default_lr(methods.METHODS[method],
+                                                            domains.get("synthetic"))
+    assert report["runs"][f"oracle/{method}"]["svi_lr"] == config["svi_config"]["lr"]
+  assert (f"Refined bounds: K = 2 steps per example, each method at its own step size (SVI "
+          f"{report['runs']['oracle/svi']['svi_lr']:g}, SA-VAE ") in stdout
   assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == [
       "oracle-savae", "oracle-svi", "oracle-vae"]
   # The pictures: PNGs listed in the report, and the same as TensorBoard images.

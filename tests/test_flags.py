@@ -6,10 +6,13 @@ import keras
 import numpy as np
 import pytest
 
+from savae_tf import domains
 from savae_tf import factories
+from savae_tf import methods
 from savae_tf import flags as savae_flags
 from savae_tf import schedules
 from savae_tf.networks import text
+from savae_tf.networks.synthetic import SyntheticGenerator
 from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
 
@@ -44,14 +47,28 @@ def parse():
 
 
 def test_the_step_size_defaults_to_the_convention_and_batch_mean_records_the_batch(parse):
-  per_example = parse()
+  per_example = parse()  # SA-VAE on text: the step chosen on Penn Treebank's validation
   assert (per_example.step_scale, per_example.lr, per_example.batch_size) == (
-      "per_example", 0.003, None)
+      "per_example", domains.get("text").svi_lr, None)
   batch_mean = parse("--svi_step_scale=batch_mean", "--batch_size=16")
   assert (batch_mean.step_scale, batch_mean.lr, batch_mean.batch_size) == ("batch_mean", 1.0, 16)
   assert parse("--svi_lr=0.05").lr == 0.05
   with pytest.raises(flags.IllegalFlagValueError):
     parse("--svi_step_scale=sum")
+
+
+@pytest.mark.parametrize("mode", ["svi", "vae_svi", "vae_svi_kl", "savae"])
+@pytest.mark.parametrize("domain", ["synthetic", "text"])
+def test_each_refining_method_refines_at_the_step_chosen_for_it_on_its_data(parse, mode, domain):
+  decoder = (SyntheticGenerator(8, 4, 4, 4, latent_dim=2) if domain == "synthetic"
+             else LSTMDecoder(9, 4, 4, 2))
+  method, data = methods.METHODS[mode], domains.get(domain)
+  config = parse(mode=mode, decoder=decoder)
+  assert config.lr == method.svi_lrs.get(domain, data.svi_lr)
+  assert parse("--svi_lr=0.05", mode=mode, decoder=decoder).lr == 0.05  # the flag wins
+  assert parse("--svi_step_scale=batch_mean", mode=mode, decoder=decoder).lr == 1.0
+  if domain == "synthetic" and mode == "svi":  # from the prior: a longer way than from q_0
+    assert config.lr > methods.METHODS["savae"].svi_lrs.get(domain, data.svi_lr)
 
 
 def test_the_kl_schedule_and_free_bits_reach_the_model(parse):

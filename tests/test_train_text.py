@@ -114,6 +114,10 @@ def test_an_aggressive_run_killed_in_its_phase_resumes_to_the_uninterrupted_resu
   expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())
   got = kill_and_resume(args, tmp_path, (3, 20))
   assert_same_run(got, expected, ("nll_bound", "kl", "mi", "iw_nll"))
+  # The epoch's count of the inner loop survives the kill (checkpointed with the run).
+  counted = [e["encoder_updates_per_decoder_update"] for e in got["epochs"]]
+  assert counted == [e["encoder_updates_per_decoder_update"] for e in expected["epochs"]]
+  assert counted[0] >= 15 and got["epochs"][0]["aggressive_phase"] == 1.0
 
 
 def test_a_changed_corpus_does_not_resume_into_an_old_vocabulary(tmp_path, whole_run):

@@ -52,6 +52,9 @@ class Domain:
   domain without per-unit metrics, artefacts or pictures."""
   name: ClassVar[str]
   input_name: ClassVar[str]  # what its SavedModel's `encode` and `score` take ("sentences")
+  # The per-example refinement step chosen on this data's validation set for SA-VAE (a method may
+  # have its own: `methods.Method.svi_lrs`).
+  svi_lr: ClassVar[float] = 0.003
 
   def observe(self, data: Mapping[str, tf.Tensor]) -> Observation:
     """The `Observation` of a batch dict; a batch without this domain's keys is a ValueError

@@ -23,7 +23,7 @@ from savae_tf import export
 from savae_tf import figures
 from savae_tf import runs
 from savae_tf import training
-from savae_tf.evaluate import evaluate_rows
+from savae_tf.evaluate import evaluate, evaluate_rows
 
 
 @dataclasses.dataclass
@@ -59,11 +59,15 @@ class Outcome(NamedTuple):
   metrics: Dict[str, Any]
   rows: Dict[str, np.ndarray]
   history: List[Dict[str, float]]
+  # The validation report of a model with nothing to train (no epochs to select among), which
+  # still chooses its settings on validation: SVI with a fixed generator. None otherwise.
+  validation: Optional[Dict[str, float]] = None
 
 
 def run_experiment(experiment: Experiment) -> Optional[Outcome]:
   """Trains (resuming if `model_dir` has checkpoints), tests the best validation model, writes
-  <model_dir>/metrics.json ({"flags", "epochs", "test"}) and the pictures, exports; returns the
+  <model_dir>/metrics.json ({"flags", "epochs", "test"}, and "validation" for a model with nothing
+  to train) and the pictures, exports; returns the
   outcome (None on a cluster's other workers). Raises training.NonFiniteLossError on a NaN loss,
   cluster.LostWorkerError when another worker stops."""
   e, model = experiment, experiment.model
@@ -90,15 +94,22 @@ def run_experiment(experiment: Experiment) -> Optional[Outcome]:
     if run_dir != e.model_dir:
       return None
     runs.restore_weights(model, e.model_dir)
+    validation = None
+    if not model.trainable_variables and e.valid is not None:
+      validation = evaluate(model, e.valid, num_samples=0)
+      validation.pop("svi_steps")
+      print("validation: " + ", ".join(f"{name} {value:.3f}"
+                                       for name, value in sorted(validation.items())), flush=True)
     metrics, rows = evaluate_rows(model, e.test.dataset(), num_samples=e.num_samples,
                                   progress=f"test: bounds and iw_nll ({e.num_samples} samples)")
-  runs.write_metrics(e.model_dir, {"flags": e.flags, "epochs": history, "test": metrics})
+  runs.write_metrics(e.model_dir, {"flags": e.flags, "epochs": history, "test": metrics,
+                                   **({"validation": validation} if validation else {})})
   print("test: " + ", ".join(f"{name} {value:.3f}" for name, value in sorted(metrics.items())),
         flush=True)
   _draw(e, model, rows, title)
   if e.export_dir:
     print(f"SavedModel written to {export.export(model, e.artefacts, e.export_dir)}", flush=True)
-  return Outcome(model, metrics, rows, history)
+  return Outcome(model, metrics, rows, history, validation)
 
 
 def _draw(e: Experiment, model, rows, title: str):

@@ -116,11 +116,15 @@ def run(binary):
           export_dir=FLAGS.export_dir and os.path.join(FLAGS.export_dir, name),
           title=f"{generator} generator, {method}", verbose=1 if sys.stdout.isatty() else 2))
       metrics = dict(outcome.metrics)
+      metric = "val_" + training.selection_metric(model)
       if valid is not None and outcome.history:
-        metric = "val_" + training.selection_metric(model)
         best_epoch, best_value = _best_epoch(outcome.history, metric)
         metrics.update(best_epoch=best_epoch, **{metric: best_value})
+      elif outcome.validation:
+        metrics[metric] = outcome.validation[metric[len("val_"):]]
       metrics["train_seconds"] = round(time.time() - start, 1)
+      if model.refines:
+        metrics["svi_lr"] = model.refiner.lr
       if generator == "oracle":
         metrics["true_nll"] = true_nll
       if model.latent_dim:
@@ -161,6 +165,13 @@ def _print_table(results, methods, generators, true_nll):
   if "oracle" in generators:
     print(f"| true NLL | {true_nll:.2f} | {PAPER_TRUE_NLL:.2f}"
           + " | - | -" * (len(generators) - 1) + " |")
+  refining = [results[f"{generators[0]}/{method}"] for method in methods]
+  refined = ", ".join(f"{NAMES.get(method, method)} {run['svi_lr']:g}"
+                      for method, run in zip(methods, refining) if "svi_lr" in run)
+  if refined:
+    steps = max(run.get("svi_steps", 0) for run in refining)
+    print(f"Refined bounds: K = {steps:.0f} steps {FLAGS.svi_step_scale.replace('_', ' ')}, each "
+          f"method at its own step size ({refined}; --svi_lr sets one for all).")
 
 
 def _draw(data, vocabulary, truth, approximations: Dict[str, Dict[str, Tuple[np.ndarray, ...]]],

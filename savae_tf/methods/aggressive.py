@@ -3,21 +3,29 @@
 While the aggressive phase lasts, before each model update the encoder alone is trained on fresh
 batches until its objective stops improving, so that it keeps up with the decoder; then the
 decoder alone takes the step on the batch. The phase ends for good at the first epoch whose
-validation mutual information (of the encoder's posterior) does not rise; from then on it is a
-VAE.
+validation mutual information (of the encoder's posterior) falls below the previous epoch's,
+starting from 0 (so an encoder whose MI is negative after the first epoch, a collapsed one,
+ends it then); from then on it is a VAE.
 
-The inner loop (their convergence check): at most `max_inner_steps` encoder updates; every
-`check_every` of them, the mean loss per predicted unit (token or pixel) over those updates is
-compared with the previous window's, and the loop stops when it did not decrease. Deviation from
-their code, which starts the inner loop on the batch the decoder then takes: every inner batch
-here is a fresh random one (`corpus.draw`), because Keras hands the batch to the step only.
+As their code (jxhe/vae-lagging-encoder, text.py): every aggressive update, the encoder's and
+the decoder's, clips the gradient of all parameters jointly at the optimizer's clip norm and then
+applies one network's part (the decoder's gradient of the summed per-sentence loss is large, so
+the encoder's steps are short). The inner loop: at most `max_inner_steps` - 1 encoder updates;
+every `check_every` of them, the mean loss per predicted unit (token or pixel) over those updates
+is compared with the previous window's, and the loop stops when it rose. Deviation from their
+code, which starts the inner loop on the batch the decoder then takes: every inner batch here is
+a fresh random one (`corpus.draw`), because Keras hands the batch to the step only.
+
 Every draw and noise is keyed by (seed, the optimizer's step, the inner step), and the phase flag,
-the previous MI and the encoder's optimizer are checkpointed, so a killed run resumes exactly.
+the previous MI, the encoder's optimizer and the epoch's update counts are checkpointed, so a
+killed run resumes exactly. Each epoch's metrics.json entry records `aggressive_phase` (1 while
+it lasted) and `encoder_updates_per_decoder_update` (the inner loop's mean length).
 """
 
 import keras
 import tensorflow as tf
 
+from savae_tf import replicas
 from savae_tf.methods.vae import VAE
 
 
@@ -32,45 +40,66 @@ class Aggressive(VAE):
     self.active = None  # built with the run's state (`training_state`)
     self.inner_loop = None  # the training loop's callback (`callbacks`)
 
-  def trained_variables(self, model):
+  def _active_when_traced(self) -> bool:
     if self.active is None or self.inner_loop is None:
       raise ValueError("The aggressive method needs the training loop's hooks (its inner loop "
                        "and phase): train it with savae_tf.training.train or an experiment "
                        "(savae_tf.experiments.runner), not a bare fit.")
     with tf.init_scope():  # the flag's value when the step is traced (retraced when it flips)
-      active = bool(self.active.numpy())
-    if active:
+      return bool(self.active.numpy())
+
+  def trained_variables(self, model):
+    if self._active_when_traced():
       return model.decoder.trainable_variables
     return model.trainable_variables
+
+  def clipped_with(self, model):
+    # In the phase the decoder's step is clipped with the encoder's gradient in the norm.
+    return model.encoder.trainable_variables if self._active_when_traced() else []
 
   def training_state(self, model):
     if tf.distribute.get_strategy().num_replicas_in_sync > 1:
       raise ValueError("The aggressive method's inner loop runs on one device; train it without "
                        "a multi-device --strategy.")
     self.active = tf.Variable(True, trainable=False)
-    self.previous_mi = tf.Variable(float("-inf"), trainable=False, dtype=tf.float64)
+    self.previous_mi = tf.Variable(0.0, trainable=False, dtype=tf.float64)
+    # This epoch's encoder-only and decoder-only updates of the phase.
+    self.encoder_updates = tf.Variable(0, trainable=False, dtype=tf.int64)
+    self.decoder_updates = tf.Variable(0, trainable=False, dtype=tf.int64)
     # The encoder's own optimizer, with the model optimizer's settings (learning rate followed).
     self.encoder_optimizer = model.optimizer.__class__.from_config(model.optimizer.get_config())
     self.encoder_optimizer.build(model.encoder.trainable_variables)
     return {"aggressive_active": self.active, "aggressive_previous_mi": self.previous_mi,
-            "aggressive_encoder_optimizer": self.encoder_optimizer}
+            "aggressive_encoder_optimizer": self.encoder_optimizer,
+            "aggressive_encoder_updates": self.encoder_updates,
+            "aggressive_decoder_updates": self.decoder_updates}
 
   def callbacks(self, model, corpus):
     self.inner_loop = _InnerLoop(self, model, corpus)
     return [self.inner_loop]
 
   def after_epoch(self, model, validation):
+    decoder_updates = int(self.decoder_updates.numpy())
+    entry = {"aggressive_phase": float(decoder_updates > 0),
+             "encoder_updates_per_decoder_update":
+                 int(self.encoder_updates.numpy()) / max(decoder_updates, 1)}
+    self.encoder_updates.assign(0)
+    self.decoder_updates.assign(0)
     if not bool(self.active.numpy()) or "mi" not in validation:
-      return
-    if validation["mi"] <= float(self.previous_mi.numpy()):
+      return entry
+    print(f"aggressive: {entry['encoder_updates_per_decoder_update']:.1f} encoder updates per "
+          f"decoder update; validation mi {validation['mi']:.3f} (previous "
+          f"{float(self.previous_mi.numpy()):.3f})", flush=True)
+    if validation["mi"] < float(self.previous_mi.numpy()):
       self.active.assign(False)
       model.train_function = None  # retrace the step: it now trains everything
-      print(f"aggressive: validation mi {validation['mi']:.3f} did not rise; the aggressive "
-            "phase ends.", flush=True)
+      print("aggressive: validation mi fell; the aggressive phase ends.", flush=True)
     self.previous_mi.assign(validation["mi"])
+    return entry
 
   def encoder_step(self, model, data, seed):
-    """One encoder-only update on `data`; returns (sum of per-example losses, units)."""
+    """One encoder-only update on `data`, clipped jointly with the decoder's gradient; returns
+    (sum of per-example losses, units)."""
     step = model.optimizer.iterations
     with tf.GradientTape() as tape:
       out = model.forward(data, seed, True, model.kl_weight(step), 0, None, refine=False)
@@ -78,8 +107,10 @@ class Aggressive(VAE):
       # Under mixed_float16 the encoder's optimizer is a LossScaleOptimizer too, whose apply
       # divides by the scale: it must be given the scaled loss (unchanged otherwise).
       scaled = self.encoder_optimizer.scale_loss(loss)
-    variables = model.encoder.trainable_variables
-    self.encoder_optimizer.apply(tape.gradient(scaled, variables), variables)
+    encoder = model.encoder.trainable_variables
+    grads = tape.gradient(scaled, encoder + model.decoder.trainable_variables)
+    self.encoder_optimizer.apply(
+        replicas.clipped_gradients(grads, self.encoder_optimizer, len(encoder)), encoder)
     units = tf.cast(tf.reduce_sum(out["tokens"]), tf.float32)
     return loss * tf.cast(tf.shape(out["tokens"])[0], tf.float32), units
 
@@ -113,3 +144,5 @@ class _InnerLoop(keras.callbacks.Callback):
         if previous - current < 0:
           break
         previous, total, units = current, 0.0, 0.0
+    method.encoder_updates.assign_add(inner)
+    method.decoder_updates.assign_add(1)

@@ -52,6 +52,10 @@ class Method:
   # Its updates span batches or epochs (the hooks below): it trains only through
   # `savae_tf.training.train` (whose `actions.MethodHooks` call them), not a bare `fit`.
   needs_training_loop: ClassVar[bool] = False
+  # Per-example refinement steps chosen on a domain's validation data for this method, by domain
+  # name, where they differ from the domain's own (`Domain.svi_lr`, chosen for SA-VAE): a refiner
+  # that starts from the prior must travel further than one that polishes an encoder's proposal.
+  svi_lrs: ClassVar[Dict[str, float]] = {}
 
   def forward(self, model, batch: Batch, refine: bool) -> Dict[str, tf.Tensor]:
     out = {}
@@ -91,6 +95,12 @@ class Method:
     """The variables the optimizer's step updates, read when the step is traced."""
     return model.trainable_variables
 
+  def clipped_with(self, model) -> List[tf.Variable]:
+    """Variables the step does not update whose gradients still count in the optimizer's
+    global-norm clip (read when the step is traced)."""
+    del model
+    return []
+
   def training_state(self, model) -> Dict[str, Any]:
     """Trackables the method keeps across batches, checkpointed with the run (so a resumed run
     continues exactly)."""
@@ -102,6 +112,8 @@ class Method:
     del model, corpus
     return []
 
-  def after_epoch(self, model, validation: Dict[str, float]) -> None:
-    """Called after each epoch's validation with its metrics (empty without validation)."""
+  def after_epoch(self, model, validation: Dict[str, float]) -> Dict[str, float]:
+    """Called after each epoch's validation with its metrics (empty without validation);
+    returns what to add to the epoch's metrics.json entry."""
     del model, validation
+    return {}
