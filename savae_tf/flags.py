@@ -17,6 +17,7 @@ from savae_tf import cluster
 from savae_tf import console
 from savae_tf import devices
 from savae_tf import methods
+from savae_tf import runs
 from savae_tf import schedules
 from savae_tf import svi
 from savae_tf.data import images as image_data
@@ -308,6 +309,6 @@ def run(main):
     except app.UsageError as error:
       sys.stderr.write(f"error: {error}\nRun with --help to see the flags.\n")
       sys.exit(error.exitcode)
-    except (NonFiniteLossError, cluster.LostWorkerError) as error:
+    except (NonFiniteLossError, cluster.LostWorkerError, runs.RunDirectoryError) as error:
       sys.exit(f"error: {error}")
   app.run(quiet_main)

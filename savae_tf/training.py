@@ -67,7 +67,14 @@ def train(model, corpus, epochs: int, model_dir: str, validation=None, checkpoin
   history = []
   latest = tf.train.latest_checkpoint(os.path.join(resume_dir, runs.CHECKPOINTS))
   if latest:
-    checkpoint.restore(latest).assert_existing_objects_matched()
+    try:
+      checkpoint.restore(latest).assert_existing_objects_matched()
+    except AssertionError as error:
+      raise runs.RunDirectoryError(
+          f"{latest} lacks part of this run's state (written by another method, or by a "
+          "version of savae-tf that kept other state): resume it with the version that wrote "
+          f"it, or start afresh (--overwrite). TensorFlow: {str(error).splitlines()[0][:200]}"
+      ) from None
     history = runs.recorded_epochs(resume_dir)[:int(state["epoch"].numpy())]
     print(f"Resuming from {latest}: epoch {int(state['epoch'].numpy()) + 1}, "
           f"batch {int(state['position'].numpy())} of {len(corpus)}", flush=True)

@@ -156,6 +156,25 @@ def test_resumable_training_names_step_epoch_and_batch_of_a_nan(tmp_path):
     training.train(model, corpus, epochs=1, model_dir=str(tmp_path), verbose=0)
 
 
+def test_a_checkpoint_without_the_runs_state_is_a_clear_error(tmp_path):
+  # A VAE's checkpoint resumed as an aggressive run (as one written by a version that kept less
+  # state): the missing state is named, not a bare assertion from TensorFlow.
+  from savae_tf import runs
+  from savae_tf.data import text
+
+  def model(mode):
+    keras.utils.set_random_seed(0)
+    built = SemiAmortizedVAE(LSTMDecoder(9, 4, 4, 2), LSTMEncoder(9, 4, 4, 2), mode=mode,
+                             latent_dim=2)
+    built.compile(optimizer=factories.make_optimizer("sgd", 1.0, 5.0))
+    return built
+
+  corpus = text.BatchedCorpus([[2, 4, 5, 3]] * 8, batch_size=4, pad_id=0, seed=1)
+  training.train(model("vae"), corpus, epochs=1, model_dir=str(tmp_path), verbose=0)
+  with pytest.raises(runs.RunDirectoryError, match=r"ckpt-2 lacks part of this run's state"):
+    training.train(model("aggressive"), corpus, epochs=2, model_dir=str(tmp_path), verbose=0)
+
+
 def test_an_epoch_prints_one_line_with_training_and_validation_metrics():
   entry = {"loss": 12.5, "kl": 0.25, "epoch": 2, "learning_rate": 1.0, "step": 44,
            "val_nll_bound": 12.4, "val_active_units": 1.0}
