@@ -16,6 +16,7 @@ from savae_tf import cluster
 from savae_tf import console
 from savae_tf import devices
 from savae_tf import domains
+from savae_tf import gaps
 from savae_tf import methods
 from savae_tf import refiners
 from savae_tf import runs
@@ -110,9 +111,11 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 def claim(model_dir: str, defining: Dict[str, Any], overwrite: bool = False,
           chief: bool = True):
-  """`runs.claim_run_directory`, a refusal as a usage error."""
+  """`runs.claim_run_directory`, a refusal as a usage error. A flag added since a run began is
+  taken at its default for that run."""
+  defaults = {name: flags.FLAGS[name].default for name in defining if name in flags.FLAGS}
   try:
-    runs.claim_run_directory(model_dir, defining, overwrite, write=chief)
+    runs.claim_run_directory(model_dir, defining, overwrite, write=chief, defaults=defaults)
   except runs.RunDirectoryError as error:
     raise app.UsageError(str(error)) from None
 
@@ -173,6 +176,15 @@ def svi_settings(mode: Optional[str] = None, domain: Optional[str] = None) -> Di
               max_grad_norm=svi_max_grad_norm(f.svi_max_grad_norm), step_scale=f.svi_step_scale)
 
 
+def gap_config() -> Optional[gaps.GapConfig]:
+  """The gap decomposition's settings from --gap_*, or None without --gaps."""
+  f = flags.FLAGS
+  if not f.gaps:
+    return None
+  return gaps.GapConfig(max_steps=f.gap_max_steps, tolerance=f.gap_tolerance,
+                        eval_samples=f.gap_samples)
+
+
 def apply_preset(presets: Dict[str, Dict[str, Any]]):
   """Sets the flags of preset --preset (if any) that were not given on the command line."""
   for name, value in presets.get(flags.FLAGS.preset, {}).items():
@@ -182,7 +194,10 @@ def apply_preset(presets: Dict[str, Dict[str, Any]]):
 
 def decoder_use_cudnn(mode: str):
   """`methods.decoder_use_cudnn` for `mode` and --refine_gradient."""
-  return methods.decoder_use_cudnn(mode, flags.FLAGS.refine_gradient)
+  f = flags.FLAGS
+  # The learned refiner's training records its steps whole, second order included.
+  return methods.decoder_use_cudnn(mode, "unrolled" if f.refiner == "learned"
+                                   else f.refine_gradient)
 
 
 def kl_schedule(steps_per_epoch: int):
@@ -218,8 +233,11 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int, steps_per_epo
                          keep_steps=f.refine_keep_steps,
                          batch_size=f.batch_size if batch_mean else None,
                          **svi_settings(mode, decoder.domain))
+  learned = f.refiner == "learned" and methods.METHODS[mode].refines
   model = SemiAmortizedVAE(decoder, encoder, mode=mode, latent_dim=latent_dim,
                            svi_config=svi_config, test_svi_steps=f.test_svi_steps,
+                           refiner=refiners.LearnedRefiner(latent_dim, f.refiner_units)
+                           if learned else None,
                            kl_schedule=kl_schedule(steps_per_epoch), free_bits=f.free_bits,
                            pretrain_steps=f.pretrain_epochs * steps_per_epoch,
                            seed=f.seed, generation_length=generation_length)
@@ -228,7 +246,7 @@ def model_from_flags(decoder, encoder, mode: str, latent_dim: int, steps_per_epo
     # float16 gradients underflow unless the loss is scaled (dynamically, as Keras does).
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   model.compile(optimizer=optimizer, auto_scale_loss=False, jit_compile=f.jit_compile)
-  if auto and model.method.differentiates_refinement and f.svi_steps:
+  if auto and model.method.differentiates_refinement and f.svi_steps and not learned:
     print(choose_refine_gradient(model, largest_batch, f.memory_fraction).describe(),
           flush=True)
   return model

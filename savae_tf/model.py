@@ -5,7 +5,8 @@ The model holds the parts and Keras' steps; the parts hold the mathematics:
   domain     how a batch is read and what -log p(x | z) is (`domains`, named by the decoder)
   method     what one batch trains, by which loss (`methods`; `mode` names it)
   objective  the bound f(lambda, theta) (`bounds.ELBO`), per example
-  refiner    lambda_0 -> lambda_K by K SVI steps (`refiners.SVIConfig`)
+  refiner    lambda_0 -> lambda_K in K steps: SGD (`refiners.SVIConfig`) or learned
+             (`refiners.LearnedRefiner`)
 The optimizer's loss is the batch mean; averaging happens once, in `train_step`.
 
 Noise: training draws from one stateless stream per batch (keyed by the optimizer's step, so a
@@ -30,6 +31,7 @@ from savae_tf import schedules
 from savae_tf import scoring
 from savae_tf import svi
 from savae_tf.refiners import DEFAULT_SVI_LR, SVIConfig  # noqa: F401  (their old home)
+from savae_tf.refiners import LearnedRefiner
 
 MODES = tuple(methods.METHODS)
 
@@ -48,7 +50,8 @@ class SemiAmortizedVAE(keras.Model):
                kl_schedule=schedules.Constant(), free_bits: float = 0.0,
                pretrain_steps: int = 0, eval_num_samples: int = 0,
                active_unit_threshold: float = 0.01, seed: int = 3435,
-               generation_length: Optional[int] = None, **kwargs):
+               generation_length: Optional[int] = None,
+               refiner: Optional[LearnedRefiner] = None, **kwargs):
     """
     Args:
       decoder: a layer with `domain` (a name of `savae_tf.domains`), `floats_per_target`,
@@ -65,6 +68,8 @@ class SemiAmortizedVAE(keras.Model):
       eval_num_samples: importance samples for `iw_nll` in `test_step` (0: skip it).
       generation_length: text: the longest training sequence after the start token, what
         generation draws unless told (`savae_tf.export`); None: not recorded.
+      refiner: a `refiners.LearnedRefiner` to refine with instead of SGD (`svi_config` still
+        gives K, `steps`, and the test-time K); trained with the model. None: SGD.
     """
     super().__init__(**kwargs)
     self.method = methods.get(mode)
@@ -73,7 +78,10 @@ class SemiAmortizedVAE(keras.Model):
     if pretrain_steps < 0 or (pretrain_steps and not self.method.uses_encoder):
       raise ValueError(f"pretrain_steps must be >= 0, and only a method with an encoder "
                        f"pretrains one; got {pretrain_steps} with {mode!r}.")
-    if (self.method.differentiates_refinement and svi_config.gradient in svi.EXACT_MODES
+    if refiner is not None and not self.method.refines:
+      raise ValueError(f"A learned refiner needs a method that refines; {mode!r} does not.")
+    if (self.method.differentiates_refinement
+        and (refiner is not None or svi_config.gradient in svi.EXACT_MODES)
         and not getattr(decoder, "has_second_order_gradient", True)):
       raise ValueError(
           f"Refine gradient {svi_config.gradient!r} differentiates the decoder's gradient, and "
@@ -86,6 +94,7 @@ class SemiAmortizedVAE(keras.Model):
     self.mode = mode
     self.latent_dim = latent_dim if self.method.uses_latent else 0
     self.svi_config = svi_config
+    self.learned_refiner = refiner
     self.test_svi_steps = svi_config.steps if test_svi_steps is None else test_svi_steps
     self.kl_schedule = kl_schedule
     self.free_bits = free_bits
@@ -104,8 +113,8 @@ class SemiAmortizedVAE(keras.Model):
     self.built = True
 
   @property
-  def refiner(self):  # what a method refines with (`refiners.SVIConfig`)
-    return self.svi_config
+  def refiner(self):  # what a method refines with: the learned refiner, else SGD's settings
+    return self.svi_config if self.learned_refiner is None else self.learned_refiner
 
   def get_config(self):
     # The refiner's and the schedule's configs are inlined, as config.json (`savae_tf.runs`) has
@@ -118,7 +127,8 @@ class SemiAmortizedVAE(keras.Model):
             "kl_schedule": self.kl_schedule.get_config(), "free_bits": self.free_bits,
             "pretrain_steps": self.pretrain_steps, "eval_num_samples": self.eval_num_samples,
             "active_unit_threshold": self.active_unit_threshold, "seed": self.seed,
-            "generation_length": self.generation_length}
+            "generation_length": self.generation_length,
+            **({"refiner": serialize(self.learned_refiner)} if self.learned_refiner else {})}
 
   @classmethod
   def from_config(cls, config):
@@ -127,6 +137,8 @@ class SemiAmortizedVAE(keras.Model):
     config["decoder"] = deserialize(config["decoder"])
     config["encoder"] = config["encoder"] and deserialize(config["encoder"])
     config["svi_config"] = SVIConfig.from_config(config["svi_config"])
+    if config.get("refiner") is not None:
+      config["refiner"] = deserialize(config["refiner"])
     if "kl_warmup_steps" in config:  # saved before schedules: a linear warm-up, or none
       warmup, start = config.pop("kl_warmup_steps"), config.pop("kl_start", 0.1)
       config["kl_schedule"] = (schedules.Linear(warmup, start) if warmup

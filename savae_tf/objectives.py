@@ -80,6 +80,64 @@ def iw_log_likelihood(log_likelihood_fn, mean, logvar, num_samples, seed, chunk_
   return total - tf.math.log(tf.cast(num_samples, mean.dtype))
 
 
+def elbo_estimate(log_likelihood_fn, mean, logvar, num_samples, seed, chunk_size=50):
+  """The ELBO of q(z; mean, logvar) and its gradient with respect to (mean, logvar), estimated
+  with `num_samples` reparameterised samples, per example; and, from the same samples, the
+  importance-weighted log p(x) with q as proposal (`iw_log_likelihood`'s estimator).
+
+      ELBO ~ (1/S) sum_s log p(x | z_s) - KL(q || p(z)),   z_s = mean + exp(logvar / 2) eps_s
+
+  (the KL exactly). Samples are drawn `chunk_size` at a time and each chunk's gradient is taken
+  and summed inside the loop, so memory does not grow with S. Samples are numbered 0..S-1
+  (`first_sample`), so with `ExampleSeeds` nothing depends on `chunk_size` or on the batch.
+
+  Args:
+    log_likelihood_fn: z [chunk, batch, latent] -> log p(x | z) [chunk, batch]; it must depend on
+      the latent only through z (its gradient is taken with respect to z's mean and logvar).
+    mean, logvar: q's parameters, [batch, latent].
+    num_samples: S >= 1, a Python int or an int32 scalar tensor.
+    seed: a `distributions` seed.
+    chunk_size: samples per chunk (>= 1).
+
+  Returns:
+    (elbo [batch], iw_log_likelihood [batch], d_mean [batch, latent], d_logvar [batch, latent]):
+    the gradients are of each example's own ELBO.
+  """
+  num_samples = tf.convert_to_tensor(num_samples, tf.int32)
+  with tf.control_dependencies([tf.debugging.assert_positive(
+      num_samples, message="elbo_estimate: num_samples must be >= 1")]):
+    num_chunks = (num_samples + chunk_size - 1) // chunk_size
+  count = tf.cast(num_samples, mean.dtype)
+  prior = distributions.prior(tf.shape(mean)[-1], mean.dtype)
+
+  def body(c, expected, running, d_mean, d_logvar):
+    index = c * chunk_size + tf.range(chunk_size)
+    real = (index < num_samples)[:, None]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      tape.watch([mean, logvar])
+      z = distributions.sample(mean, logvar, seed, chunk_size, first_sample=c * chunk_size)
+      log_likelihood = log_likelihood_fn(z)
+      total = tf.reduce_sum(tf.where(real, log_likelihood, tf.zeros_like(log_likelihood)))
+    g_mean, g_logvar = tape.gradient(total, [mean, logvar])
+    log_weights = (log_likelihood + prior.log_prob(z)
+                   - distributions.posterior(mean, logvar).log_prob(z))
+    log_weights = tf.where(real, log_weights, tf.constant(-math.inf, mean.dtype))
+    expected += tf.reduce_sum(tf.where(real, log_likelihood, tf.zeros_like(log_likelihood)), 0)
+    running = tf.reduce_logsumexp(tf.concat([running[None], log_weights], 0), axis=0)
+    return c + 1, expected, running, d_mean + g_mean, d_logvar + g_logvar
+
+  zeros = tf.zeros_like(mean[:, 0])
+  initial = (tf.constant(0), zeros, zeros - math.inf, tf.zeros_like(mean), tf.zeros_like(logvar))
+  _, expected, running, d_mean, d_logvar = tf.while_loop(
+      lambda c, *_: c < num_chunks, body, initial)
+  with tf.GradientTape(watch_accessed_variables=False) as tape:
+    tape.watch([mean, logvar])
+    kl = distributions.kl_to_prior(mean, logvar)
+  d_kl_mean, d_kl_logvar = tape.gradient(kl, [mean, logvar])
+  return (expected / count - kl, running - tf.math.log(count),
+          d_mean / count - d_kl_mean, d_logvar / count - d_kl_logvar)
+
+
 def mutual_information(mean, logvar, z, max_floats: int = 2**24):
   """I_q(x; z) over a whole data set, with He et al.'s (2019) estimator:
 

@@ -41,7 +41,7 @@ def ensure_writable(path: str, name: str):
 
 
 def claim_run_directory(model_dir: str, defining: Dict[str, Any], overwrite: bool = False,
-                        write: bool = True):
+                        write: bool = True, defaults: Optional[Dict[str, Any]] = None):
   """Makes `model_dir` the directory of a run defined by the flags `defining` ({name: value}),
   writing them to <model_dir>/run.json.
 
@@ -53,12 +53,16 @@ def claim_run_directory(model_dir: str, defining: Dict[str, Any], overwrite: boo
   (`overwrite` never deletes what this library did not write); an unwritable directory.
   `write=False` (a multi-worker cluster's other workers) only refuses other flags: the chief
   checks, writes and deletes, and the others must not mistake its files in progress for
-  someone else's.
+  someone else's. `defaults`: the value each flag had before it existed (its default), for a
+  run.json written before then (a flag added later does not make an old run another's).
   """
   defining = json.loads(json.dumps(defining))  # the values as run.json will hold them
   recorded = _recorded_run(model_dir)
   if recorded and "method" in defining and "method" not in recorded and "model" in recorded:
     recorded["method"] = recorded.pop("model")  # run.json of a run from before --method
+  if recorded is not None and defaults:
+    recorded = {**json.loads(json.dumps(
+        {name: value for name, value in defaults.items() if name not in recorded})), **recorded}
   trained = bool(tf.io.gfile.glob(os.path.join(model_dir, CHECKPOINTS, "*")))
   if trained and recorded is not None and recorded != defining:
     if not overwrite:
@@ -130,8 +134,16 @@ def restore_weights(model: SemiAmortizedVAE, model_dir: str):
 
 def _checkpoint(model):
   """The networks' variables by attribute path (no optimizer or metric state)."""
-  networks = {"decoder": model.decoder, "encoder": model.encoder}
+  networks = {"decoder": model.decoder, "encoder": model.encoder,
+              "refiner": model.learned_refiner}
   return tf.train.Checkpoint(**{name: net for name, net in networks.items() if net is not None})
+
+
+def metrics_line(metrics: Dict[str, Any]) -> str:
+  """`name value, ...` of a report, sorted by name: numbers to 3 decimals, other values as
+  they are (a report may name a kind, such as `gap_log_likelihood_kind`)."""
+  return ", ".join(f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}"
+                   for name, value in sorted(metrics.items()))
 
 
 def write_metrics(model_dir: str, metrics: Dict[str, Any], name: str = METRICS) -> str:

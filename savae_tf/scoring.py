@@ -13,7 +13,7 @@ from savae_tf import distributions
 from savae_tf import objectives
 
 # The purposes of evaluation draws, folded into each example's key.
-_TERMS, _REFINED_Z, _IW_SAMPLES, _ENCODER_Z = 1, 2, 3, 4
+_TERMS, _REFINED_Z, _IW_SAMPLES, _ENCODER_Z, _GAP_SAMPLES = 1, 2, 3, 4, 5
 
 
 def evaluation_seed(model, obs, purpose: int) -> distributions.ExampleSeeds:
@@ -56,18 +56,40 @@ def iw_nll(model, data, out, num_samples):
   if not model.latent_dim:
     return out["nll"]
   obs = model.observe(data)
-  context = model.decoder.prepare(obs.decoder_inputs, training=False)
   mean, logvar = out.get("mean", out["mean0"]), out.get("logvar", out["logvar0"])
+  return -objectives.iw_log_likelihood(log_likelihood_fn(model, obs), mean, logvar, num_samples,
+                                       evaluation_seed(model, obs, _IW_SAMPLES),
+                                       iw_chunk_size(model.decoder, obs.targets))
 
-  def log_likelihood(z):  # z [S, B, D] -> [S, B]
+
+def elbo_estimate(model, data, mean, logvar, num_samples, seed):
+  """Each example's ELBO at lambda = (mean, logvar) with `num_samples` samples, its gradient
+  with respect to lambda, and the importance-weighted log p(x) with q(lambda) as proposal
+  (`objectives.elbo_estimate`): {"elbo", "iw_log_likelihood", "d_mean", "d_logvar"}. The samples
+  are keyed by each example's content and `seed` (an int32 scalar), so a row is its own."""
+  if not model.latent_dim:  # the language model's bound is its exact log-likelihood
+    log_likelihood = -score(model, data, 0, 0)["nll_bound"]
+    return {"elbo": log_likelihood, "iw_log_likelihood": log_likelihood,
+            "d_mean": tf.zeros_like(mean), "d_logvar": tf.zeros_like(logvar)}
+  obs = model.observe(data)
+  seeds = distributions.fold_in(evaluation_seed(model, obs, _GAP_SAMPLES), seed)
+  elbo, iw, d_mean, d_logvar = objectives.elbo_estimate(
+      log_likelihood_fn(model, obs), mean, logvar, num_samples, seeds,
+      iw_chunk_size(model.decoder, obs.targets))
+  return {"elbo": elbo, "iw_log_likelihood": iw, "d_mean": d_mean, "d_logvar": d_logvar}
+
+
+def log_likelihood_fn(model, obs):
+  """z [S, B, D] -> log p(x | z) [S, B] for the examples of `obs` (evaluation: no dropout)."""
+  context = model.decoder.prepare(obs.decoder_inputs, training=False)
+
+  def log_likelihood(z):
     samples, batch = tf.shape(z)[0], tf.shape(z)[1]
     tiled = tf.tile(context, tf.concat([[samples], tf.ones([tf.rank(context) - 1], tf.int32)], 0))
     logits = model.decoder.logits(tiled, tf.reshape(z, [samples * batch, -1]), training=False)
     return -tf.reshape(obs.tiled(samples).nll(logits), [samples, batch])
 
-  return -objectives.iw_log_likelihood(log_likelihood, mean, logvar, num_samples,
-                                       evaluation_seed(model, obs, _IW_SAMPLES),
-                                       iw_chunk_size(model.decoder, obs.targets))
+  return log_likelihood
 
 
 def iw_chunk_size(decoder, targets, max_floats: int = 2**25, max_chunk: int = 50):

@@ -1,10 +1,12 @@
-"""The signatures every exported model has (`encode`, `refine`, `score`), and the specs its
+"""The signatures every exported model has (`encode`, `refine`, `score`, `elbo`), and the specs its
 domain's signatures share. A domain's export module (`Domain.export_module`) subclasses
 `ModelExport` with how raw inputs become a batch and its own generation signatures; the contract
 is export/README.md, written by `savae_tf.export.export`.
 """
 
 import tensorflow as tf
+
+from savae_tf import scoring
 
 STRINGS = tf.TensorSpec([None], tf.string, name="sentences")
 # Any rank, so that a wrong shape reaches the in-graph check and its message.
@@ -32,7 +34,7 @@ def check_steps(steps):
 
 
 class ModelExport(tf.Module):
-  """The signatures every exported SemiAmortizedVAE has: `encode`, `refine`, `score`.
+  """The signatures every exported SemiAmortizedVAE has: `encode`, `refine`, `score`, `elbo`.
 
   Subclasses say how raw inputs become a batch (`read`, with the contract's errors) and add their
   domain's generation signatures. Why a tf.Module that tracks the variables, rather than the Keras
@@ -75,7 +77,17 @@ class ModelExport(tf.Module):
         out = model.score(data, steps, num_samples)
       return self.score_outputs(out)
 
-    self.encode, self.refine, self.score = encode, refine, score
+    @tf.function(input_signature=[input_spec, latent_spec, latent_spec, INT("num_samples"),
+                                  INT("seed")])
+    def elbo(inputs, mean, logvar, num_samples, seed):
+      data = self.read(inputs)
+      with tf.control_dependencies([tf.debugging.assert_positive(
+          num_samples, message="num_samples must be >= 1"), tf.debugging.assert_equal(
+          tf.shape(mean)[0], tf.shape(inputs)[0],
+          message=f"mean and logvar need one row per {input_spec.name[:-1]}")]):
+        return scoring.elbo_estimate(model, data, mean, logvar, num_samples, seed)
+
+    self.encode, self.refine, self.score, self.elbo = encode, refine, score, elbo
 
   @tf.__internal__.tracking.no_automatic_dependency_tracking
   def _hold_untracked(self, model):
@@ -117,7 +129,7 @@ class ModelExport(tf.Module):
   def functions(self):
     """{signature name: its tf.function}, without the `serving_default` alias of `score`."""
     return {"score": self.score, "encode": self.encode, "refine": self.refine,
-            "generate": self.generate, "sample": self.sample, "reconstruct": self.reconstruct,
+            "elbo": self.elbo, "generate": self.generate, "sample": self.sample, "reconstruct": self.reconstruct,
             **self.extra_signatures()}
 
   def signatures(self):

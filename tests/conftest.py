@@ -135,6 +135,8 @@ for c in range(int(given["count"])):
                                      logvar=encoded["logvar"], steps=tf.constant(3)),
       "score": signatures["score"](**{key: batch}, steps=tf.constant(3),
                                    num_samples=tf.constant(7)),
+      "elbo": signatures["elbo"](**{key: batch}, mean=encoded["mean"], logvar=encoded["logvar"],
+                                 num_samples=tf.constant(60), seed=tf.constant(4)),
       "reconstruct": signatures["reconstruct"](
           **{key: batch}, steps=tf.constant(2),
           **({"max_length": tf.constant(8)} if key == "sentences" else {"seed": tf.constant(1)})),
@@ -168,7 +170,8 @@ def assert_batch_invariant(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = np.load(out, allow_pickle=True)
     names = {name.split("/", 1)[1] for name in outputs.files}
-    assert {"score/refined_nll_bound", "score/iw_nll", "refine/mean", "encode/mean"} <= names
+    assert {"score/refined_nll_bound", "score/iw_nll", "refine/mean", "encode/mean",
+            "elbo/elbo", "elbo/d_mean"} <= names
     for c in range(len(pool), len(batches)):
       for name in names:
         rows = outputs[f"{c}/{name}"]

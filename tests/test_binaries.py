@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -26,12 +27,15 @@ SMOKE_RUNS = {
                                 "[worker 1] gradient of the refined bound"),
     # The oracle's table; test_train_synthetic_writes_metrics_json_and_exports checks more of it.
     "train_synthetic.py": (["--method=all", "--generator=oracle", "--epochs=1", "--num_train=32",
-                            "--num_test=10", "--num_samples=5", "--svi_steps=2",
+                            "--num_test=10", "--num_samples=5", "--svi_steps=2", "--gaps",
+                            "--gap_examples=4", "--gap_max_steps=10", "--gap_samples=10",
                             "--model_dir=run", "--export_dir=exp"], "| savae |"),
     "export_savedmodel.py": (["--model_dir={model}", "--export_dir=exp"],
                              "SavedModel written to exp/1"),
     "evaluate.py": (["--model_dir={saved_model}", "--data=synthetic", "--num_test=20",
-                     "--svi_steps=2", "--num_samples=3", "--output=m.json"], "refined_nll_bound"),
+                     "--svi_steps=2", "--num_samples=3", "--output=m.json", "--gaps",
+                     "--gap_examples=3", "--gap_max_steps=10", "--gap_samples=10"],
+                    "amortization_gap_stderr"),
     "generate.py": (["--model_dir={model}", "--num=2", "--reconstruct=w1 w2 w3",
                      "--interpolate=w1 w2|w3 w4", "--max_length=4"], "== interpolation"),
     # The training binaries with the aggressive method (a VAE with an inner encoder loop).
@@ -110,6 +114,14 @@ def check_synthetic_report(tmp_path, stdout):
           "true_nll"} <= set(metrics)
   assert report["flags"]["svi_steps"] == 2 and report["flags"]["method"] == "all"
   assert metrics["true_nll"] == pytest.approx(report["true_nll"])
+  # --gaps: the decomposition of the first 4 test sequences, log p(x) the quadrature's.
+  for method in ("vae", "svi", "savae"):
+    gap = report["runs"][f"oracle/{method}"]
+    assert gap["gap_examples"] == 4 and gap["gap_log_likelihood_kind"] == "exact", method
+    assert gap["gap_optimizer_steps_max"] <= 10
+    assert (gap["approximation_gap"] + gap["amortization_gap"] + gap["gap_elbo_encoder"]
+            == pytest.approx(-np.mean(np.load(tmp_path / "run" / "true_nll-seed3435.npz")["nll"][:4]),
+                             abs=1e-4)), method
   # SVI with the oracle trains nothing, yet validation chooses its step: its report has one.
   svi_run = json.loads((tmp_path / "run" / "oracle-svi" / "metrics.json").read_text())
   assert svi_run["epochs"] == [] and report["runs"]["oracle/svi"][
@@ -128,7 +140,7 @@ def check_synthetic_report(tmp_path, stdout):
   # The pictures: PNGs listed in the report, and the same as TensorBoard images.
   # With the oracle's generator SVI trains nothing, so it has no training curves.
   pictures = ["run/pictures/posteriors-oracle.png", "run/pictures/posterior_means-oracle.png",
-              "run/oracle-vae/pictures/training_curves.png",
+              "run/pictures/gaps-oracle.png", "run/oracle-vae/pictures/training_curves.png",
               "run/oracle-savae/pictures/training_curves.png"]
   assert report["pictures"] == pictures and "pictures: " + ", ".join(pictures) in stdout
   for path in pictures:
@@ -137,11 +149,21 @@ def check_synthetic_report(tmp_path, stdout):
   events = list((tmp_path / "run" / "logs" / "pictures").glob("events.out.tfevents.*"))
   tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(str(path))
           for value in event.summary.value}
-  assert tags == {"posteriors-oracle", "posterior_means-oracle"}
+  assert tags == {"posteriors-oracle", "posterior_means-oracle", "gaps-oracle"}
+  assert (tmp_path / "run" / "oracle-savae" / "pictures" / "gaps.png").exists()
+
+
+def check_evaluate_report(tmp_path, stdout):
+  report = json.loads((tmp_path / "m.json").read_text())
+  for name in ("approximation_gap", "amortization_gap", "refinement_closed"):
+    assert np.isfinite(report[name]) and report[name + "_stderr"] >= 0, name
+  assert report["gap_examples"] == 3 and report["gap_log_likelihood_kind"] == "iw 10"
+  assert (tmp_path / "m-gaps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # What a binary's smoke run must have written, beyond the line it prints: (tmp_path, stdout).
-SMOKE_CHECKS = {"train_synthetic.py": check_synthetic_report}
+SMOKE_CHECKS = {"train_synthetic.py": check_synthetic_report,
+                "evaluate.py": check_evaluate_report}
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE_RUNS))
@@ -265,6 +287,8 @@ BENCH_RUNS = {
     "generate_bench.py": ["--word_dim=4", "--hidden_dim=6", "--latent_dim=2", "--vocab=20",
                           "--batch=3", "--lengths=2,5", "--repeats=1"],
     "nll_bench.py": ["--tokens=12", "--hidden=4", "--vocab=20", "--repeats=1"],
+    "refiner_bench.py": ["--steps=1", "--units=4", "--encoder_units=4", "--batch=3",
+                         "--repeats=1"],
     "cluster_bench.py": ["--workers=1", "--batch_size=4", "--length=4", "--hidden=4",
                          "--vocab=20", "--warmup=1", "--steps=2"],
 }

@@ -21,14 +21,16 @@ from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
 
 SENTENCES = ["the cat sat on the mat", "a dog ran", "the mat"]
 CORPUS = SENTENCES + ["the dog sat", "a cat ran on the mat"]
-SIGNATURES = {"serving_default", "score", "encode", "refine", "generate", "sample", "reconstruct",
-              "beam_search"}
+SIGNATURES = {"serving_default", "score", "encode", "refine", "elbo", "generate", "sample",
+              "reconstruct", "beam_search"}
 # Each signature's keyword inputs (the contract's names and dtypes).
 INPUTS = {
     "score": {"sentences": "DT_STRING", "steps": "DT_INT32", "num_samples": "DT_INT32"},
     "encode": {"sentences": "DT_STRING"},
     "refine": {"sentences": "DT_STRING", "mean": "DT_FLOAT", "logvar": "DT_FLOAT",
                "steps": "DT_INT32"},
+    "elbo": {"sentences": "DT_STRING", "mean": "DT_FLOAT", "logvar": "DT_FLOAT",
+             "num_samples": "DT_INT32", "seed": "DT_INT32"},
     "generate": {"z": "DT_FLOAT", "max_length": "DT_INT32", "temperature": "DT_FLOAT",
                  "seed": "DT_INT32"},
     "sample": {"num": "DT_INT32", "max_length": "DT_INT32", "temperature": "DT_FLOAT",
@@ -106,6 +108,8 @@ def call_all(functions):
                                     logvar=encoded["logvar"], steps=tf.constant(3)),
       "score": functions["score"](sentences=s, steps=tf.constant(4),
                                   num_samples=tf.constant(7)),
+      "elbo": functions["elbo"](sentences=s, mean=encoded["mean"], logvar=encoded["logvar"],
+                                num_samples=tf.constant(60), seed=tf.constant(2)),
       "generate": functions["generate"](z=tf.constant([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]]),
                                         max_length=tf.constant(6),
                                         temperature=tf.constant(1.0), seed=tf.constant(5)),
@@ -174,6 +178,8 @@ def test_saved_model_cli_shows_every_signature_with_its_dtypes(text_export):
                 "logvar0": "DT_FLOAT", "z0": "DT_FLOAT"},
       "encode": {"mean": "DT_FLOAT", "logvar": "DT_FLOAT"},
       "refine": {"mean": "DT_FLOAT", "logvar": "DT_FLOAT"},
+      "elbo": {"elbo": "DT_FLOAT", "iw_log_likelihood": "DT_FLOAT", "d_mean": "DT_FLOAT",
+               "d_logvar": "DT_FLOAT"},
       "generate": {"sentences": "DT_STRING", "tokens": "DT_INT32"},
       "sample": {"z": "DT_FLOAT", "sentences": "DT_STRING"},
       "reconstruct": {"sentences": "DT_STRING"},
@@ -359,6 +365,10 @@ def test_the_language_model_exports_with_an_empty_latent(tmp_path):
                         num_samples=tf.constant(3))
   np.testing.assert_allclose(out["iw_nll"], out["nll_bound"])
   np.testing.assert_allclose(out["refined_nll_bound"], out["nll_bound"])
+  empty = tf.zeros([len(SENTENCES), 0])
+  elbo = loaded["elbo"](sentences=tf.constant(SENTENCES), mean=empty, logvar=empty,
+                        num_samples=tf.constant(3), seed=tf.constant(0))
+  np.testing.assert_allclose(elbo["elbo"], -out["nll_bound"], rtol=1e-6)
   sample = loaded["sample"](num=tf.constant(3), max_length=tf.constant(4),
                             temperature=tf.constant(1.0), seed=tf.constant(0))
   assert sample["z"].shape == (3, 0) and sample["sentences"].shape == (3,)

@@ -16,10 +16,12 @@ from savae_tf.model import SemiAmortizedVAE, SVIConfig
 from savae_tf.networks.image import GatedPixelCNN, ResNetEncoder
 
 SIZE = 6
-SIGNATURES = {"serving_default", "score", "encode", "refine", "generate", "sample", "reconstruct"}
+SIGNATURES = {"serving_default", "score", "encode", "refine", "elbo", "generate", "sample",
+              "reconstruct"}
 # Each signature's keyword inputs (the contract's names).
 INPUTS = {"score": {"images", "steps", "num_samples"}, "encode": {"images"},
-          "refine": {"images", "mean", "logvar", "steps"}, "generate": {"z", "seed"},
+          "refine": {"images", "mean", "logvar", "steps"},
+          "elbo": {"images", "mean", "logvar", "num_samples", "seed"}, "generate": {"z", "seed"},
           "sample": {"num", "seed"}, "reconstruct": {"images", "steps", "seed"}}
 
 
@@ -74,6 +76,8 @@ def call_all(functions):
       "refine": functions["refine"](images=images, mean=encoded["mean"],
                                     logvar=encoded["logvar"], steps=tf.constant(3)),
       "score": functions["score"](images=images, steps=tf.constant(4), num_samples=tf.constant(7)),
+      "elbo": functions["elbo"](images=images, mean=encoded["mean"], logvar=encoded["logvar"],
+                                num_samples=tf.constant(60), seed=tf.constant(2)),
       "generate": functions["generate"](z=tf.constant([[0.5, -1.0], [0.0, 2.0]]),
                                         seed=tf.constant(5)),
       "sample": functions["sample"](num=tf.constant(3), seed=tf.constant(9)),

@@ -86,6 +86,17 @@ def checkpointed(directory, flags=RUN):
   (directory / runs.CHECKPOINTS / "ckpt-1.index").write_text("")
 
 
+def test_a_flag_added_after_a_run_began_counts_at_its_default(tmp_path):
+  run_dir = tmp_path / "run"
+  checkpointed(run_dir)  # run.json without --refiner, which did not exist yet
+  defaults = {"refiner": "sgd", "refiner_units": 64}
+  runs.claim_run_directory(str(run_dir), dict(RUN, refiner="sgd", refiner_units=64),
+                           defaults=defaults)  # its behaviour then: resumed
+  with pytest.raises(runs.RunDirectoryError, match="--refiner=sgd \\(now learned\\)"):
+    runs.claim_run_directory(str(run_dir), dict(RUN, refiner="learned", refiner_units=64),
+                             defaults=defaults)
+
+
 def test_a_run_directory_resumes_only_with_the_flags_it_was_started_with(tmp_path):
   run_dir = tmp_path / "run"
   checkpointed(run_dir)

@@ -92,7 +92,7 @@ def test_a_streamed_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp
   shutil.copytree(whole_run / "data", tmp_path / "data")
   # Text's own default step (per example), recorded with the model.
   svi_config = json.loads((whole_run / "whole" / "config.json").read_text())["svi_config"]
-  assert (svi_config["step_scale"], svi_config["lr"]) == ("per_example", 0.03)
+  assert (svi_config["step_scale"], svi_config["lr"]) == ("per_example", 0.1)
   # Killed in the second epoch (20 batches an epoch). The training file is read as a stream
   # (--streaming), which must give the batches of the whole run's in-memory corpus.
   got = kill_and_resume(RUN_ARGS + ["--streaming"], tmp_path, (20, 40))

@@ -61,4 +61,5 @@ def experiment(binary) -> Experiment:
   return Experiment(model, train, valid.dataset(), test, FLAGS.model_dir, FLAGS.epochs,
                     strategy=strategy, checkpoint_every=FLAGS.checkpoint_every,
                     num_samples=FLAGS.num_samples, flags=factories.flag_values(FLAGS, modules),
-                    num_pictures=FLAGS.num_pictures, export_dir=FLAGS.export_dir)
+                    num_pictures=FLAGS.num_pictures, export_dir=FLAGS.export_dir,
+                    gaps=factories.gap_config(), gap_examples=FLAGS.gap_examples)

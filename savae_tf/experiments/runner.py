@@ -21,6 +21,7 @@ from savae_tf import actions as actions_lib
 from savae_tf import cluster
 from savae_tf import export
 from savae_tf import figures
+from savae_tf import gaps as gaps_lib
 from savae_tf import runs
 from savae_tf import training
 from savae_tf.evaluate import evaluate, evaluate_rows
@@ -51,6 +52,10 @@ class Experiment:
   export_dir: Optional[str] = None
   title: str = ""  # of the pictures (default: the method and directory)
   verbose: Optional[int] = None  # Keras' (default: a progress bar on a terminal, else 0)
+  gaps: Optional[gaps_lib.GapConfig] = None  # the test set's gap decomposition (None: not asked)
+  gap_examples: int = 0  # the first N test examples for it (0: all)
+  # Exact log p(x) of each test example where the data knows it (the synthetic oracle's).
+  log_likelihood: Optional[np.ndarray] = None
 
 
 class Outcome(NamedTuple):
@@ -98,36 +103,64 @@ def run_experiment(experiment: Experiment) -> Optional[Outcome]:
     if not model.trainable_variables and e.valid is not None:
       validation = evaluate(model, e.valid, num_samples=0)
       validation.pop("svi_steps")
-      print("validation: " + ", ".join(f"{name} {value:.3f}"
-                                       for name, value in sorted(validation.items())), flush=True)
+      print("validation: " + runs.metrics_line(validation), flush=True)
     metrics, rows = evaluate_rows(model, e.test.dataset(), num_samples=e.num_samples,
                                   progress=f"test: bounds and iw_nll ({e.num_samples} samples)")
+    gap_report = _gaps(e, model) if e.gaps and model.latent_dim else None
+    metrics.update(gap_report or {})
   runs.write_metrics(e.model_dir, {"flags": e.flags, "epochs": history, "test": metrics,
                                    **({"validation": validation} if validation else {})})
-  print("test: " + ", ".join(f"{name} {value:.3f}" for name, value in sorted(metrics.items())),
-        flush=True)
-  _draw(e, model, rows, title)
+  print("test: " + runs.metrics_line(metrics), flush=True)
+  _draw(e, model, rows, title, gap_report)
   if e.export_dir:
     print(f"SavedModel written to {export.export(model, e.artefacts, e.export_dir)}", flush=True)
   return Outcome(model, metrics, rows, history, validation)
 
 
-def _draw(e: Experiment, model, rows, title: str):
-  """The test set's posterior means (<model_dir>/pictures/posterior_means.png) and the domain's
-  pictures of the model."""
-  if not e.num_pictures:
+def _gaps(e: Experiment, model) -> Dict[str, Any]:
+  """The gap decomposition of the first `e.gap_examples` test examples (`savae_tf.gaps`)."""
+
+  def batches():
+    left = e.gap_examples or None
+    for data in e.test.dataset():
+      if left is not None:
+        data = tf.nest.map_structure(lambda t: t[:left], data)  # pylint: disable=cell-var-from-loop
+        left -= int(tf.shape(tf.nest.flatten(data)[0])[0])
+      yield data
+      if left is not None and left <= 0:
+        return
+
+  exact = e.log_likelihood
+  if exact is not None and e.gap_examples:
+    exact = exact[:e.gap_examples]
+  report, _ = gaps_lib.evaluate_gaps(gaps_lib.ModelInference(model), batches(),
+                                     model.test_svi_steps, e.gaps, exact,
+                                     progress="test: gap decomposition")
+  return report
+
+
+def _draw(e: Experiment, model, rows, title: str, gap_report=None):
+  """The test set's posterior means (<model_dir>/pictures/posterior_means.png), the gap
+  decomposition's bar (gaps.png) when asked, and the domain's pictures of the model."""
+  if not (e.num_pictures or gap_report):
     return
   try:
     paths = []
-    if model.latent_dim:
+    if gap_report:
+      paths.append(figures.save(
+          figures.inference_gaps({model.mode: gap_report}, f"{title}: inference gaps"),
+          os.path.join(e.model_dir, "pictures", "gaps.png"),
+          os.path.join(e.model_dir, "logs", "pictures")))
+    if e.num_pictures and model.latent_dim:
       colour, label = model.domain.posterior_colour(rows)
       figure = figures.posterior_means(
           rows["mean0"], f"{title}: the test set's posterior means (encoder's q)", colour, label)
       paths.append(figures.save(figure, os.path.join(e.model_dir, "pictures",
                                                      "posterior_means.png"),
                                 os.path.join(e.model_dir, "logs", "pictures")))
-    paths += sorted(model.domain.pictures(model, e.test, e.model_dir, model.seed,
-                                          e.num_pictures).values())
+    if e.num_pictures:
+      paths += sorted(model.domain.pictures(model, e.test, e.model_dir, model.seed,
+                                            e.num_pictures).values())
   except figures.MissingPlotting as error:
     print(f"pictures skipped: {error}")
     return

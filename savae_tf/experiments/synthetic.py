@@ -114,7 +114,9 @@ def run(binary):
           checkpoint_every=FLAGS.checkpoint_every, num_samples=FLAGS.num_samples,
           flags=factories.flag_values(FLAGS, modules), num_pictures=0,
           export_dir=FLAGS.export_dir and os.path.join(FLAGS.export_dir, name),
-          title=f"{generator} generator, {method}", verbose=1 if sys.stdout.isatty() else 2))
+          title=f"{generator} generator, {method}", verbose=1 if sys.stdout.isatty() else 2,
+          gaps=factories.gap_config(), gap_examples=FLAGS.gap_examples,
+          log_likelihood=-truth.nll if generator == "oracle" else None))
       metrics = dict(outcome.metrics)
       metric = "val_" + training.selection_metric(model)
       if valid is not None and outcome.history:
@@ -123,8 +125,8 @@ def run(binary):
       elif outcome.validation:
         metrics[metric] = outcome.validation[metric[len("val_"):]]
       metrics["train_seconds"] = round(time.time() - start, 1)
-      if model.refines:
-        metrics["svi_lr"] = model.refiner.lr
+      if model.refines and model.learned_refiner is None:
+        metrics["svi_lr"] = model.svi_config.lr
       if generator == "oracle":
         metrics["true_nll"] = true_nll
       if model.latent_dim:
@@ -134,8 +136,7 @@ def run(binary):
       if no_pictures is None and outcome.history:
         curves.append(os.path.join(run_dir, "pictures", "training_curves.png"))
       results[f"{generator}/{method}"] = metrics
-      print(f"== {generator} generator, {method}: " + ", ".join(
-          f"{key} {value:.3f}" for key, value in sorted(metrics.items())), flush=True)
+      print(f"== {generator} generator, {method}: " + runs.metrics_line(metrics), flush=True)
   report = {"flags": factories.flag_values(FLAGS, modules), "true_nll": true_nll,
             "true_nll_quadrature_error": truth.error, "runs": results}
   print(f"metrics written to {runs.write_metrics(FLAGS.model_dir, report)}")
@@ -144,7 +145,8 @@ def run(binary):
   if no_pictures is not None:
     print(f"pictures skipped: {no_pictures}")
   elif approximations:
-    report["pictures"] = _draw(data, vocabulary, truth, approximations, FLAGS.model_dir) + curves
+    report["pictures"] = (_draw(data, vocabulary, truth, approximations, FLAGS.model_dir)
+                          + _draw_gaps(results, generators, methods, FLAGS.model_dir) + curves)
     runs.write_metrics(FLAGS.model_dir, report)  # again, now listing the pictures
     print("pictures: " + ", ".join(report["pictures"]))
 
@@ -172,6 +174,22 @@ def _print_table(results, methods, generators, true_nll):
     steps = max(run.get("svi_steps", 0) for run in refining)
     print(f"Refined bounds: K = {steps:.0f} steps {FLAGS.svi_step_scale.replace('_', ' ')}, each "
           f"method at its own step size ({refined}; --svi_lr sets one for all).")
+
+
+def _draw_gaps(results, generators, methods, model_dir):
+  """pictures/gaps-<generator>.png: each method's inference gap (with --gaps)."""
+  paths = []
+  for generator in generators:
+    reports = {NAMES.get(method, method): results[f"{generator}/{method}"] for method in methods
+               if "amortization_gap" in results[f"{generator}/{method}"]}
+    if reports:
+      truth = "exact log p(x)" if generator == "oracle" else "importance-weighted log p(x)"
+      figure = figures.inference_gaps(
+          reports, f"{generator.capitalize()} generator: inference gaps of the test set ({truth})")
+      paths.append(figures.save(figure, os.path.join(model_dir, "pictures",
+                                                     f"gaps-{generator}.png"),
+                                os.path.join(model_dir, "logs", "pictures")))
+  return paths
 
 
 def _draw(data, vocabulary, truth, approximations: Dict[str, Dict[str, Tuple[np.ndarray, ...]]],

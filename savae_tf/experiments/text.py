@@ -106,6 +106,7 @@ def experiment(binary) -> Experiment:
   decay = [actions.LearningRateDecay(FLAGS.decay_from_epoch)] if FLAGS.decay_from_epoch else []
   return Experiment(model, train, valid.dataset(), test, FLAGS.model_dir, FLAGS.epochs,
                     vocabulary, strategy, FLAGS.checkpoint_every, FLAGS.num_samples,
-                    factories.flag_values(FLAGS, modules), decay, export_dir=FLAGS.export_dir)
+                    factories.flag_values(FLAGS, modules), decay, export_dir=FLAGS.export_dir,
+                    gaps=factories.gap_config(), gap_examples=FLAGS.gap_examples)
 
 
