@@ -12,7 +12,7 @@
 the training binaries'; see savae_tf.evaluate.evaluate_sentences for how they are
 computed from the exported signatures. --gaps adds the inference gap decomposition
 (savae_tf.gaps: approximation_gap, amortization_gap, refinement_closed, with standard errors) of
-the first --gap_examples sentences, through the `elbo` signature, and draws it beside the JSON.
+--gap_examples sentences evenly spaced over the data, through the `elbo` signature, and draws it beside the JSON.
 """
 
 import os
@@ -82,10 +82,10 @@ def main(_):
                                          num_test=FLAGS.num_test)
     vocabulary = synthetic.vocabulary()
     sentences = [vocabulary.decode(row) for row in data.splits["test"]["tokens"]]
+  keep = gaps.evenly_spaced(len(sentences), FLAGS.gap_examples)
   exact = None
   if FLAGS.exact_log_likelihood:
-    tokens = data.splits["test"]["tokens"][:FLAGS.gap_examples or None]
-    exact = -synthetic.true_nll(data.oracle, tokens)[0]
+    exact = -synthetic.true_nll(data.oracle, data.splits["test"]["tokens"][keep])[0]
   try:
     signatures = export.load_signatures(FLAGS.model_dir)
   except (FileNotFoundError, ValueError) as error:
@@ -98,7 +98,7 @@ def main(_):
     report = evaluate_sentences(signatures, sentences, FLAGS.batch_size, FLAGS.svi_steps,
                                 FLAGS.num_samples, progress=f"{len(sentences)} sentences")
     if FLAGS.gaps:
-      report.update(_gaps(signatures, sentences[:FLAGS.gap_examples or None], exact))
+      report.update(_gaps(signatures, [sentences[i] for i in keep], exact))
   except tf.errors.InvalidArgumentError as error:
     sys.exit(f"error: the model rejected the data: {export.error_message(error)}")
   except ValueError as error:  # an export without the `elbo` signature, a model without a latent

@@ -196,8 +196,9 @@ def define_gap_flags():
   flags.DEFINE_bool("gaps", False, "Also decompose the test set's inference gap (Cremer et al. "
                     "2018): approximation_gap, amortization_gap and the share refinement_closed "
                     "that the K test-time steps close, with standard errors, and a picture.")
-  flags.DEFINE_integer("gap_examples", 200, "Test examples of the decomposition (the first N; "
-                       "0: all). lambda* is searched for each, so this sets its cost.",
+  flags.DEFINE_integer("gap_examples", 200, "Test examples of the decomposition, evenly spaced "
+                       "over the test set (0: all). lambda* is searched for each, so this sets "
+                       "its cost.",
                        lower_bound=0)
   flags.DEFINE_integer("gap_max_steps", 5000, "Cap on Adam's steps in the search for lambda*.",
                        lower_bound=1)

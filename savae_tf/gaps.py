@@ -130,6 +130,15 @@ class ModelInference:
     return {key: value.numpy() for key, value in out.items()}
 
 
+def evenly_spaced(total: int, count: int) -> np.ndarray:
+  """`count` indices spread evenly over range(total), all of them when `count` is 0 or at least
+  `total`: the decomposed examples of a test set (one batched by length is then represented at
+  every length, not only by its shortest sentences)."""
+  if not count or count >= total:
+    return np.arange(total)
+  return (np.arange(count) * total) // count
+
+
 def optimal_posterior(inference, inputs, mean, logvar, config: GapConfig):
   """lambda* of each example of `inputs`, by Adam from (mean, logvar) (see `GapConfig`).
 

@@ -136,3 +136,28 @@ def test_aggregate_posterior_means_draw_a_panel_per_model_over_the_truth():
   alone = figures.aggregate_posterior_means({"SA-VAE": truth})
   assert len(alone.axes[0].collections) == 1  # no truth: the model's means only
   figures.pyplot().close(alone)
+
+
+def test_inference_gaps_stack_closed_left_and_approximation_per_model():
+  reports = {"VAE": {"approximation_gap": 0.1, "approximation_gap_stderr": 0.01,
+                     "amortization_gap": 0.4, "amortization_gap_stderr": 0.02,
+                     "refinement_closed": 0.5, "refinement_closed_stderr": 0.05},
+             "SA-VAE": {"approximation_gap": 0.1, "approximation_gap_stderr": 0.01,
+                        "amortization_gap": 2.0, "amortization_gap_stderr": 0.1,
+                        "refinement_closed": 0.9, "refinement_closed_stderr": 0.02}}
+  figure = figures.inference_gaps(reports, "oracle")
+  axes = figure.axes[0]
+  bars = axes.patches
+  assert len(bars) == 6  # three parts per model
+  # Row by row: closed, left, approximation; each starts where the previous ends.
+  vae, savae = bars[:3], bars[3:]
+  for parts, report in ((vae, reports["VAE"]), (savae, reports["SA-VAE"])):
+    closed = report["refinement_closed"] * report["amortization_gap"]
+    widths = [closed, report["amortization_gap"] - closed, report["approximation_gap"]]
+    np.testing.assert_allclose([bar.get_width() for bar in parts], widths)
+    np.testing.assert_allclose([bar.get_x() for bar in parts],
+                               [0.0, widths[0], widths[0] + widths[1]])
+  assert [t.get_text() for t in axes.get_yticklabels()] == ["VAE", "SA-VAE"]
+  assert [t.get_text() for t in axes.get_legend().get_texts()] == [
+      "closed by refinement", "amortization left", "approximation"]
+  figures.pyplot().close(figure)

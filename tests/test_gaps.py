@@ -145,3 +145,10 @@ def test_config_and_inputs_are_checked():
     gaps.decompose(None, [], 1)
   with pytest.raises(ValueError, match="elbo"):
     gaps.SignatureInference({"encode": None})
+
+
+def test_decomposed_examples_are_evenly_spaced_over_the_set():
+  np.testing.assert_array_equal(gaps.evenly_spaced(10, 4), [0, 2, 5, 7])
+  np.testing.assert_array_equal(gaps.evenly_spaced(5, 0), np.arange(5))
+  np.testing.assert_array_equal(gaps.evenly_spaced(3, 7), np.arange(3))
+  assert len(set(gaps.evenly_spaced(1000, 333))) == 333

@@ -53,7 +53,7 @@ class Experiment:
   title: str = ""  # of the pictures (default: the method and directory)
   verbose: Optional[int] = None  # Keras' (default: a progress bar on a terminal, else 0)
   gaps: Optional[gaps_lib.GapConfig] = None  # the test set's gap decomposition (None: not asked)
-  gap_examples: int = 0  # the first N test examples for it (0: all)
+  gap_examples: int = 0  # N test examples for it, evenly spaced over the test set (0: all)
   # Exact log p(x) of each test example where the data knows it (the synthetic oracle's).
   log_likelihood: Optional[np.ndarray] = None
 
@@ -118,21 +118,20 @@ def run_experiment(experiment: Experiment) -> Optional[Outcome]:
 
 
 def _gaps(e: Experiment, model) -> Dict[str, Any]:
-  """The gap decomposition of the first `e.gap_examples` test examples (`savae_tf.gaps`)."""
+  """The gap decomposition of `e.gap_examples` test examples, evenly spaced over the test set
+  (`savae_tf.gaps`)."""
+  size = lambda data: int(tf.shape(tf.nest.flatten(data)[0])[0])  # noqa: E731
+  keep = gaps_lib.evenly_spaced(sum(size(data) for data in e.test.dataset()), e.gap_examples)
 
   def batches():
-    left = e.gap_examples or None
+    start = 0
     for data in e.test.dataset():
-      if left is not None:
-        data = tf.nest.map_structure(lambda t: t[:left], data)  # pylint: disable=cell-var-from-loop
-        left -= int(tf.shape(tf.nest.flatten(data)[0])[0])
-      yield data
-      if left is not None and left <= 0:
-        return
+      rows = keep[(keep >= start) & (keep < start + size(data))] - start
+      start += size(data)
+      if len(rows):
+        yield tf.nest.map_structure(lambda t: tf.gather(t, rows), data)  # pylint: disable=cell-var-from-loop
 
-  exact = e.log_likelihood
-  if exact is not None and e.gap_examples:
-    exact = exact[:e.gap_examples]
+  exact = None if e.log_likelihood is None else e.log_likelihood[keep]
   report, _ = gaps_lib.evaluate_gaps(gaps_lib.ModelInference(model), batches(),
                                      model.test_svi_steps, e.gaps, exact,
                                      progress="test: gap decomposition")
