@@ -32,6 +32,21 @@ def default_lr(method, domain, step_scale: str = "per_example") -> float:
   return method.svi_lrs.get(domain.name, domain.svi_lr)
 
 
+def refinement_loss(objective, batch):
+  """Every refiner's per-example loss for `batch` (a `methods.Batch`): f = -log p(x | z) +
+  beta KL at refinement step `step`, z and dropout from the batch's refinement seed and the step;
+  `inputs[0]` is the decoder's z-independent work (passed as an input so the reverse sweep
+  returns its gradient)."""
+
+  def loss_fn(mean, logvar, step, inputs):
+    nll, kl = objective.negative_elbo_terms(inputs[0], batch.obs, mean, logvar,
+                                            distributions.step_seed(batch.seed_refine, step),
+                                            batch.training)
+    return nll + batch.kl_weight * kl
+
+  return loss_fn
+
+
 @keras.saving.register_keras_serializable(package="savae_tf")
 @dataclasses.dataclass(frozen=True)
 class SVIConfig:
@@ -105,16 +120,10 @@ class SVIConfig:
     no example's refinement depends on its batch.
     """
     config = self if batch.training else self.per_example_equivalent()
-
-    def loss_fn(mean, logvar, step, inputs):
-      nll, kl = objective.negative_elbo_terms(inputs[0], batch.obs, mean, logvar,
-                                              distributions.step_seed(batch.seed_refine, step),
-                                              batch.training)
-      return nll + batch.kl_weight * kl
-
     # The decoder's z-independent work (`context`) is computed once and handed to the refiner
     # as an input, so the reverse sweep returns its gradient too.
-    return config.refine(loss_fn, mean0, logvar0, batch.steps, gradient, inputs=[batch.context])
+    return config.refine(refinement_loss(objective, batch), mean0, logvar0, batch.steps, gradient,
+                         inputs=[batch.context])
 
 
 @keras.saving.register_keras_serializable(package="savae_tf")
@@ -211,14 +220,8 @@ class LearnedRefiner(keras.layers.Layer):
   def posterior(self, objective, batch, mean0, logvar0, gradient=None):
     """lambda_K of `batch` (a `methods.Batch`), as `SVIConfig.posterior` (the same loss and
     noise per step), by the learned steps; `gradient` None: recorded whole ("unrolled")."""
-
-    def loss_fn(mean, logvar, step, inputs):
-      nll, kl = objective.negative_elbo_terms(inputs[0], batch.obs, mean, logvar,
-                                              distributions.step_seed(batch.seed_refine, step),
-                                              batch.training)
-      return nll + batch.kl_weight * kl
-
-    return self.refine(loss_fn, mean0, logvar0, batch.steps, gradient or "unrolled",
+    return self.refine(refinement_loss(objective, batch), mean0, logvar0, batch.steps,
+                       gradient or "unrolled",
                        inputs=[batch.context])
 
 
