@@ -94,18 +94,19 @@ def main(_):
     raise app.UsageError(f"{FLAGS.model_dir} is an image model; this binary handles sentences. "
                          "bin/train_images.py draws its pictures, and its SavedModel's signatures "
                          "take images (export/README.md).")
+  saved_model = tf.saved_model.contains_saved_model(export.latest_version(FLAGS.model_dir))
+  default_dir = "." if saved_model else FLAGS.model_dir
+  output = FLAGS.output or os.path.join(default_dir, "eval_metrics.json")
   try:
     report = evaluate_sentences(signatures, sentences, FLAGS.batch_size, FLAGS.svi_steps,
                                 FLAGS.num_samples, progress=f"{len(sentences)} sentences")
     if FLAGS.gaps:
-      report.update(_gaps(signatures, [sentences[i] for i in keep], exact))
+      report.update(_gaps(signatures, [sentences[i] for i in keep], exact,
+                          os.path.splitext(output)[0] + "-gaps-partial.npz"))
   except tf.errors.InvalidArgumentError as error:
     sys.exit(f"error: the model rejected the data: {export.error_message(error)}")
   except ValueError as error:  # an export without the `elbo` signature, a model without a latent
     raise app.UsageError(str(error)) from None
-  saved_model = tf.saved_model.contains_saved_model(export.latest_version(FLAGS.model_dir))
-  default_dir = "." if saved_model else FLAGS.model_dir
-  output = FLAGS.output or os.path.join(default_dir, "eval_metrics.json")
   if FLAGS.gaps:
     _draw_gaps(report, os.path.splitext(output)[0] + "-gaps.png")
   path = runs.write_metrics(os.path.dirname(output) or ".", {
@@ -115,15 +116,16 @@ def main(_):
   print(f"metrics written to {path}")
 
 
-def _gaps(signatures, sentences, exact):
-  """The gap decomposition of `sentences` (`savae_tf.gaps`), log p(x) `exact` where given."""
+def _gaps(signatures, sentences, exact, journal):
+  """The gap decomposition of `sentences` (`savae_tf.gaps`), log p(x) `exact` where given; its
+  rows are kept in `journal` batch by batch, so a killed evaluation's rerun goes on from there."""
   if not signatures["encode"](sentences=tf.constant(sentences[:1]))["mean"].shape[-1]:
     raise ValueError(f"{FLAGS.model_dir} has no latent variable: it has no inference gap.")
   batches = [sentences[start:start + FLAGS.batch_size]
              for start in range(0, len(sentences), FLAGS.batch_size)]
   report, _ = gaps.evaluate_gaps(gaps.SignatureInference(signatures), batches, FLAGS.svi_steps,
                                  factories.gap_config(), exact,
-                                 progress="gap decomposition")
+                                 progress="gap decomposition", journal=journal)
   return report
 
 

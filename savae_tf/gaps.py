@@ -27,6 +27,8 @@ each example's Adam iterate stops when its own rule holds (the others' do not mo
 """
 
 import dataclasses
+import hashlib
+import os
 import sys
 from typing import Dict, Iterable, Optional
 
@@ -181,17 +183,67 @@ def optimal_posterior(inference, inputs, mean, logvar, config: GapConfig):
           ~active, last_rise)
 
 
+def _fingerprint(inference, inputs, mean0, logvar0, steps, config, exact) -> str:
+  """What a journal's rows depend on: the settings, and the model as its first batch shows it
+  (the encoder's posterior and a few-sample ELBO under the decoder), rounded so that a rerun of
+  the same model on the same machine reproduces it."""
+  probe = inference.elbo(inputs, mean0, logvar0, 4, _CHECK_SEED)["elbo"]
+  digest = hashlib.sha256(repr((steps, dataclasses.astuple(config), exact)).encode())
+  for values in (mean0, logvar0, probe):
+    digest.update(np.round(np.asarray(values, np.float64), 3).tobytes())
+  return digest.hexdigest()
+
+
+def _read_journal(path: str, key: str):
+  """(rows, batches done) of a journal written for `key`; nothing if there is none or it was
+  written for another model or other settings."""
+  if not os.path.exists(path):
+    return {}, 0
+  with np.load(path) as saved:
+    if str(saved["key"]) != key:
+      print(f"{path} was written for another model or other settings: starting anew.",
+            file=sys.stderr)
+      return {}, 0
+    return ({name: [saved[name]] for name in saved.files if name not in ("key", "batches")},
+            int(saved["batches"]))
+
+
+def _write_journal(path: str, key: str, rows: Dict[str, list], batches: int):
+  # Written aside and renamed: a run killed mid-write keeps the previous journal whole.
+  partial = path + ".tmp.npz"
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  np.savez(partial, key=key, batches=batches,
+           **{name: np.concatenate(values) for name, values in rows.items()})
+  os.replace(partial, path)
+
+
 def decompose(inference, batches: Iterable, steps: int, config: GapConfig = GapConfig(),
-              log_likelihood: Optional[np.ndarray] = None,
-              progress: str = "") -> Dict[str, np.ndarray]:
+              log_likelihood: Optional[np.ndarray] = None, progress: str = "",
+              journal: Optional[str] = None) -> Dict[str, np.ndarray]:
   """Per-example rows of the decomposition over `batches` (raw inputs for `SignatureInference`,
   data batches for `ModelInference`): `log_likelihood` (the given exact values, in order, else the
   importance-weighted estimate), `elbo_encoder`, `elbo_refined` (K = `steps`), `elbo_optimal`,
-  `optimizer_steps`, `converged`, `last_rise`."""
+  `optimizer_steps`, `converged`, `last_rise`.
+
+  With `journal` (an .npz path) the rows are saved after every batch, and a rerun over the same
+  batches with the same model and settings starts after the last saved batch (the search for
+  lambda* takes minutes per batch); the journal is removed once every batch is done."""
   rows: Dict[str, list] = {}
-  done = 0
-  for inputs in batches:
+  done = skip = 0
+  key = None
+  for index, inputs in enumerate(batches):
+    if index < skip:
+      continue
     mean0, logvar0 = inference.encode(inputs)
+    if journal and key is None:
+      key = _fingerprint(inference, inputs, mean0, logvar0, steps, config,
+                         log_likelihood is not None)
+      rows, skip = _read_journal(journal, key)
+      done = len(rows["elbo_encoder"][0]) if rows else 0
+      if skip:
+        print(f"{progress or 'gap decomposition'}: {done} examples from {journal}",
+              file=sys.stderr)
+        continue
     mean_k, logvar_k = inference.refine(inputs, mean0, logvar0, steps)
     mean_s, logvar_s, taken, converged, last_rise = optimal_posterior(
         inference, inputs, mean_k, logvar_k, config)
@@ -213,12 +265,16 @@ def decompose(inference, batches: Iterable, steps: int, config: GapConfig = GapC
     for name, value in batch_rows.items():
       rows.setdefault(name, []).append(value)
     done += count
+    if journal:
+      _write_journal(journal, key, rows, index + 1)
     if progress:
       print(f"\r{progress}: {done} examples", end="", file=sys.stderr, flush=True)
   if progress:
     print(file=sys.stderr)
   if not rows:
     raise ValueError("No examples for the gap decomposition.")
+  if journal and os.path.exists(journal):
+    os.remove(journal)
   return {name: np.concatenate(values) for name, values in rows.items()}
 
 
@@ -257,7 +313,8 @@ def report(rows: Dict[str, np.ndarray], exact: bool = False,
 
 
 def evaluate_gaps(inference, batches: Iterable, steps: int, config: GapConfig = GapConfig(),
-                  log_likelihood: Optional[np.ndarray] = None, progress: str = ""):
+                  log_likelihood: Optional[np.ndarray] = None, progress: str = "",
+                  journal: Optional[str] = None):
   """`report` of `decompose`: (the report, the rows)."""
-  rows = decompose(inference, batches, steps, config, log_likelihood, progress)
+  rows = decompose(inference, batches, steps, config, log_likelihood, progress, journal)
   return report(rows, log_likelihood is not None, config.eval_samples), rows

@@ -125,6 +125,8 @@ def check_synthetic_report(tmp_path, stdout):
     assert (gap["approximation_gap"] + gap["amortization_gap"] + gap["gap_elbo_encoder"]
             == pytest.approx(-np.mean(np.load(tmp_path / "run" / "true_nll-seed3435.npz")["nll"][
                 decomposed]), abs=1e-4)), method
+    # The decomposition's journal (what a killed run resumes from) is gone once it is whole.
+    assert not (tmp_path / "run" / f"oracle-{method}" / "gaps-partial.npz").exists(), method
   # SVI with the oracle trains nothing, yet validation chooses its step: its report has one.
   svi_run = json.loads((tmp_path / "run" / "oracle-svi" / "metrics.json").read_text())
   assert svi_run["epochs"] == [] and report["runs"]["oracle/svi"][
@@ -162,6 +164,7 @@ def check_evaluate_report(tmp_path, stdout):
     assert np.isfinite(report[name]) and report[name + "_stderr"] >= 0, name
   assert report["gap_examples"] == 3 and report["gap_log_likelihood_kind"] == "iw 10"
   assert (tmp_path / "m-gaps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not (tmp_path / "m-gaps-partial.npz").exists()
 
 
 # What a binary's smoke run must have written, beyond the line it prints: (tmp_path, stdout).

@@ -152,3 +152,36 @@ def test_decomposed_examples_are_evenly_spaced_over_the_set():
   np.testing.assert_array_equal(gaps.evenly_spaced(5, 0), np.arange(5))
   np.testing.assert_array_equal(gaps.evenly_spaced(3, 7), np.arange(3))
   assert len(set(gaps.evenly_spaced(1000, 333))) == 333
+
+
+def test_a_killed_decomposition_goes_on_from_its_journal(tmp_path):
+  model = diagonal_posterior_model()
+  x, _ = model.sample(9, tf.constant([7, 8]))
+  inference = LinearGaussianInference(model, x.numpy())
+  refined = []
+  refine = inference.refine
+  inference.refine = lambda rows, *args: refined.append(rows.tolist()) or refine(rows, *args)
+  config = gaps.GapConfig(check_every=5, max_steps=20, check_samples=50, eval_samples=50)
+  batches = [np.arange(0, 3), np.arange(3, 6), np.arange(6, 9)]
+  log_px = model.log_marginal(x).numpy()
+  whole = gaps.decompose(inference, batches, 1, config, log_px)
+  journal = str(tmp_path / "gaps-partial.npz")
+
+  def killed_after_two():
+    yield from batches[:2]
+    raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    gaps.decompose(inference, killed_after_two(), 1, config, log_px, journal=journal)
+  refined.clear()
+  resumed = gaps.decompose(inference, batches, 1, config, log_px, journal=journal)
+  assert refined == [[6, 7, 8]]  # only the batch the killed run did not finish
+  for name, values in whole.items():
+    np.testing.assert_array_equal(resumed[name], values, err_msg=name)
+  assert not (tmp_path / "gaps-partial.npz").exists()
+  # A journal of other settings (here K) is not used.
+  with pytest.raises(KeyboardInterrupt):
+    gaps.decompose(inference, killed_after_two(), 1, config, log_px, journal=journal)
+  refined.clear()
+  gaps.decompose(inference, batches, 2, config, log_px, journal=journal)
+  assert len(refined) == 3

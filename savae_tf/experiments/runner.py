@@ -119,7 +119,7 @@ def run_experiment(experiment: Experiment) -> Optional[Outcome]:
 
 def _gaps(e: Experiment, model) -> Dict[str, Any]:
   """The gap decomposition of `e.gap_examples` test examples, evenly spaced over the test set
-  (`savae_tf.gaps`)."""
+  (`savae_tf.gaps`); a killed run's rerun goes on from its last decomposed batch."""
   size = lambda data: int(tf.shape(tf.nest.flatten(data)[0])[0])  # noqa: E731
   keep = gaps_lib.evenly_spaced(sum(size(data) for data in e.test.dataset()), e.gap_examples)
 
@@ -134,7 +134,8 @@ def _gaps(e: Experiment, model) -> Dict[str, Any]:
   exact = None if e.log_likelihood is None else e.log_likelihood[keep]
   report, _ = gaps_lib.evaluate_gaps(gaps_lib.ModelInference(model), batches(),
                                      model.test_svi_steps, e.gaps, exact,
-                                     progress="test: gap decomposition")
+                                     progress="test: gap decomposition",
+                                     journal=os.path.join(e.model_dir, "gaps-partial.npz"))
   return report
 
 
