@@ -127,20 +127,23 @@ def test_on_a_real_gpu_cudnn_serves_first_order_work_and_never_an_exact_refineme
   from savae_tf.data.text import Vocabulary
   from savae_tf.model import SemiAmortizedVAE, SVIConfig
   from savae_tf.networks.text import LSTMDecoder, LSTMEncoder
+  from savae_tf.refiners import LearnedRefiner
   vocabulary = Vocabulary.build(["the cat sat on the mat", "a dog ran"])
   batch = {"tokens": tf.ones([2, 6], tf.int32), "lengths": tf.fill([2], 6)}
   cudnn = {}
-  for mode in ("vae", "savae"):
+  # The learned refiner differentiates the decoder twice as SGD does: the same rule must hold.
+  for mode, refiner in (("vae", None), ("savae", None), ("savae", "learned")):
     keras.utils.set_random_seed(0)
     model = SemiAmortizedVAE(
         LSTMDecoder(len(vocabulary), 8, 8, 2, use_cudnn=methods.decoder_use_cudnn(mode, "auto")),
         LSTMEncoder(len(vocabulary), 8, 8, 2), mode=mode, latent_dim=2,
-        svi_config=SVIConfig(steps=2, gradient="unrolled"))
+        svi_config=SVIConfig(steps=2, gradient="unrolled"),
+        refiner=LearnedRefiner(2, units=4) if refiner else None)
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     step = tf.function(model.train_step).get_concrete_function(batch)
-    cudnn[mode] = any(op.startswith("Cudnn") for op in graph_ops(step))
+    cudnn[mode, refiner] = any(op.startswith("Cudnn") for op in graph_ops(step))
     model.train_step(batch)  # runs: the exact refinement's decoder has second-order gradients
-    path = export.export(model, vocabulary, str(tmp_path / mode))
+    path = export.export(model, vocabulary, str(tmp_path / f"{mode}-{refiner}"))
     loaded = tf.saved_model.load(path)
     assert not any(op.startswith("Cudnn") for op in graph_ops(loaded.signatures["score"]))
-  assert cudnn["vae"] and cudnn["savae"]  # the encoders run cuDNN in both
+  assert all(cudnn.values())  # the encoders run cuDNN in each
