@@ -82,7 +82,10 @@ def main(_):
                                          num_test=FLAGS.num_test)
     vocabulary = synthetic.vocabulary()
     sentences = [vocabulary.decode(row) for row in data.splits["test"]["tokens"]]
-  keep = gaps.evenly_spaced(len(sentences), FLAGS.gap_examples)
+  # The sentences the training binaries decompose: evenly spaced over the test set in the order
+  # its batches run there, by length, so that both reports are over the same sentences.
+  keep = text.length_order([len(sentence.split()) for sentence in sentences])[
+      gaps.evenly_spaced(len(sentences), FLAGS.gap_examples)]
   exact = None
   if FLAGS.exact_log_likelihood:
     exact = -synthetic.true_nll(data.oracle, data.splits["test"]["tokens"][keep])[0]

@@ -106,6 +106,20 @@ def test_batches_hold_one_length_and_each_epoch_has_its_own_seeded_order():
   assert resumed == whole[1:]
 
 
+def test_an_unshuffled_corpus_runs_its_sentences_in_length_order():
+  # What bin/evaluate.py relies on to decompose the sentences a training binary's test decomposes.
+  rng = np.random.default_rng(0)
+  sentences = [" ".join(["a"] * n) for n in rng.integers(1, 6, 40)]
+  vocabulary = Vocabulary.build(sentences)
+  encoded = text.encode_corpus(sentences, vocabulary)
+  for batch_size in (1, 3, 7):
+    corpus = text.BatchedCorpus(encoded, batch_size, vocabulary.pad_id, seed=None)
+    ran = [row[:length].tolist() for batch in corpus.dataset()
+           for row, length in zip(batch["tokens"].numpy(), batch["lengths"].numpy())]
+    order = text.length_order([len(sentence.split()) for sentence in sentences])
+    assert ran == [encoded[i] for i in order], batch_size
+
+
 def _batches(corpus, epoch, start=0):
   return [(b["tokens"].numpy().tolist(), b["lengths"].numpy().tolist())
           for b in corpus.dataset(epoch, start)]

@@ -233,12 +233,18 @@ def encode_corpus(sentences: Sequence[str], vocabulary: Vocabulary,
   return encoded
 
 
+def length_order(lengths: Sequence[int]) -> np.ndarray:
+  """Indices by increasing length, in their original order within a length: the order in which
+  `length_batches` holds the sentences, batch after batch (a test set's order in training)."""
+  return np.argsort(np.asarray(lengths), kind="stable")
+
+
 def length_batches(lengths: Sequence[int], batch_size: int) -> List[np.ndarray]:
   """Indices of batches of up to `batch_size` sentences of identical length (the paper's
   batching: no padding at all), by increasing length, sentences in their original order within
   a length."""
   lengths = np.asarray(lengths)
-  by_length = np.argsort(lengths, kind="stable")
+  by_length = length_order(lengths)
   ends = np.append(np.flatnonzero(np.diff(lengths[by_length])) + 1, len(lengths))
   starts = np.append(0, ends[:-1])
   return [by_length[i:min(i + batch_size, end)] for start, end in zip(starts, ends)
