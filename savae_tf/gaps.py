@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import os
 import sys
+import zipfile
 from typing import Dict, Iterable, Optional
 
 import numpy as np
@@ -199,13 +200,16 @@ def _read_journal(path: str, key: str):
   written for another model or other settings."""
   if not os.path.exists(path):
     return {}, 0
-  with np.load(path) as saved:
-    if str(saved["key"]) != key:
-      print(f"{path} was written for another model or other settings: starting anew.",
-            file=sys.stderr)
-      return {}, 0
-    return ({name: [saved[name]] for name in saved.files if name not in ("key", "batches")},
-            int(saved["batches"]))
+  try:
+    with np.load(path) as saved:
+      if str(saved["key"]) == key:
+        return ({name: [saved[name]] for name in saved.files if name not in ("key", "batches")},
+                int(saved["batches"]))
+      reason = "was written for another model or other settings"
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    reason = f"is not a readable journal ({error})"
+  print(f"{path} {reason}: starting anew.", file=sys.stderr)
+  return {}, 0
 
 
 def _write_journal(path: str, key: str, rows: Dict[str, list], batches: int):

@@ -154,7 +154,7 @@ def test_decomposed_examples_are_evenly_spaced_over_the_set():
   assert len(set(gaps.evenly_spaced(1000, 333))) == 333
 
 
-def test_a_killed_decomposition_goes_on_from_its_journal(tmp_path):
+def test_a_killed_decomposition_goes_on_from_its_journal(tmp_path, capsys):
   model = diagonal_posterior_model()
   x, _ = model.sample(9, tf.constant([7, 8]))
   inference = LinearGaussianInference(model, x.numpy())
@@ -185,3 +185,8 @@ def test_a_killed_decomposition_goes_on_from_its_journal(tmp_path):
   refined.clear()
   gaps.decompose(inference, batches, 2, config, log_px, journal=journal)
   assert len(refined) == 3
+  # Nor is a file that is not a journal: it is named, and the decomposition starts anew.
+  (tmp_path / "gaps-partial.npz").write_bytes(b"not a journal")
+  refined.clear()
+  gaps.decompose(inference, batches, 2, config, log_px, journal=journal)
+  assert len(refined) == 3 and "is not a readable journal" in capsys.readouterr().err
