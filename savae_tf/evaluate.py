@@ -97,7 +97,8 @@ def _scorer(model, spec):
   if key not in functions:
     names = PER_EXAMPLE + ("tokens", "mean", "logvar", "z", "mean0", "logvar0", "z0")
 
-    @tf.function(input_signature=[spec, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)])
+    @tf.function(input_signature=[spec, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)],
+                 autograph=False)
     def score(data, steps, num_samples):
       out = model.score(data, steps, 0, refine=model.refines)
       # 0 samples: no importance sampling (its row is dropped), in the same traced function.

@@ -66,7 +66,8 @@ def refinement_memory(model, batch) -> Tuple[int, int]:
         objective = out["loss"] + out.get("encoder_loss", 0.0)
       return tape.gradient(objective, model.trainable_variables)
     # Each replica takes the whole batch: an upper bound for its share.
-    return tf.function(lambda: tf.distribute.get_strategy().run(replica_gradient))
+    return tf.function(lambda: tf.distribute.get_strategy().run(replica_gradient),
+                       autograph=False)
 
   try:
     with devices.PeakMemory() as memory:

@@ -23,7 +23,7 @@ from savae_tf import decoding
 from savae_tf import figures
 
 # Compiled: eagerly, each of the H x W decoder passes would pay Python overhead.
-_sample_images = tf.function(decoding.sample_images)
+_sample_images = tf.function(decoding.sample_images, autograph=False)
 
 
 def grid(images, columns: int, border: int = 1) -> np.ndarray:

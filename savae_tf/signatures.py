@@ -22,7 +22,7 @@ def _taking_one_dict(function):
   specs, _ = function.get_concrete_function().structured_input_signature
   names = [spec.name for spec in specs]
 
-  @tf.function(input_signature=[{spec.name: spec for spec in specs}])
+  @tf.function(input_signature=[{spec.name: spec for spec in specs}], autograph=False)
   def call(inputs):
     return function(*[inputs[name] for name in names])
 
@@ -54,13 +54,14 @@ class ModelExport(tf.Module):
     self.latent_dim = model.latent_dim
     latent_spec = tf.TensorSpec([None, self.latent_dim], tf.float32)
 
-    @tf.function(input_signature=[input_spec])
+    @tf.function(input_signature=[input_spec], autograph=False)
     def encode(inputs):
       data = self.read(inputs)
       mean, logvar = model.initial_params(model.observe(data))
       return {"mean": mean, "logvar": logvar}
 
-    @tf.function(input_signature=[input_spec, latent_spec, latent_spec, INT("steps")])
+    @tf.function(input_signature=[input_spec, latent_spec, latent_spec, INT("steps")],
+                 autograph=False)
     def refine(inputs, mean, logvar, steps):
       data = self.read(inputs)
       with tf.control_dependencies([check_steps(steps), tf.debugging.assert_equal(
@@ -69,7 +70,7 @@ class ModelExport(tf.Module):
         mean_k, logvar_k = model.refine_for_evaluation(data, mean, logvar, steps)
       return {"mean": mean_k, "logvar": logvar_k}
 
-    @tf.function(input_signature=[input_spec, INT("steps"), INT("num_samples")])
+    @tf.function(input_signature=[input_spec, INT("steps"), INT("num_samples")], autograph=False)
     def score(inputs, steps, num_samples):
       data = self.read(inputs)
       with tf.control_dependencies([check_steps(steps), tf.debugging.assert_positive(
@@ -78,7 +79,7 @@ class ModelExport(tf.Module):
       return self.score_outputs(out)
 
     @tf.function(input_signature=[input_spec, latent_spec, latent_spec, INT("num_samples"),
-                                  INT("seed")])
+                                  INT("seed")], autograph=False)
     def elbo(inputs, mean, logvar, num_samples, seed):
       data = self.read(inputs)
       with tf.control_dependencies([tf.debugging.assert_positive(

@@ -60,3 +60,24 @@ def test_a_method_is_one_class_and_one_registration(half_savae):
   np.testing.assert_allclose(out["mean"], mean_k, rtol=1e-6, atol=1e-7)
   with pytest.raises(ValueError, match="registered already"):
     methods.register(type("Other", (methods.Method,), {"name": "half_savae"}))
+
+
+def test_every_tf_function_of_the_library_is_built_without_autograph():
+  """docs/architecture.md: loops and branches on tensors are explicit, so autograph is off."""
+  import ast
+  import pathlib
+  root = pathlib.Path(__file__).resolve().parents[1] / "savae_tf"
+  sites = []
+  for path in root.rglob("*.py"):
+    nodes = list(ast.walk(ast.parse(path.read_text())))
+    called = {id(node.func): node for node in nodes if isinstance(node, ast.Call)}
+    for node in nodes:  # `tf.function(...)`, and a bare `@tf.function` (no keywords: flagged)
+      if (isinstance(node, ast.Attribute) and node.attr == "function"
+          and isinstance(node.value, ast.Name) and node.value.id == "tf"):
+        call = called.get(id(node))
+        keywords = {k.arg: k.value for k in call.keywords} if call else {}
+        off = isinstance(keywords.get("autograph"), ast.Constant) and (
+            keywords["autograph"].value is False)
+        sites.append((f"{path.relative_to(root)}:{node.lineno}", off))
+  assert len(sites) >= 20  # the scan finds the library's functions
+  assert [site for site, off in sites if not off] == []

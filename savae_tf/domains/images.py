@@ -62,16 +62,17 @@ class ImageModelExport(signatures.ModelExport):
     super().__init__(model, signatures.IMAGES, "savae_image_model")
     latent_spec = tf.TensorSpec([None, self.latent_dim], tf.float32)
 
-    @tf.function(input_signature=[latent_spec, signatures.INT("seed")])
+    @tf.function(input_signature=[latent_spec, signatures.INT("seed")], autograph=False)
     def generate(z, seed):
       return self.draw(z, seed, tf.shape(z)[0])
 
-    @tf.function(input_signature=[signatures.INT("num"), signatures.INT("seed")])
+    @tf.function(input_signature=[signatures.INT("num"), signatures.INT("seed")], autograph=False)
     def sample(num, seed):
       z = self.prior_sample(num, seed)
       return {"z": z, **self.draw(z, seed, num)}
 
-    @tf.function(input_signature=[signatures.IMAGES, signatures.INT("steps"), signatures.INT("seed")])
+    @tf.function(input_signature=[signatures.IMAGES, signatures.INT("steps"), signatures.INT("seed")],
+                 autograph=False)
     def reconstruct(images, steps, seed):
       # Pixel noise keyed by (seed, the input image), so a row does not depend on its batch.
       keys = model.observe(self.read(images)).example_seeds(seed)

@@ -100,25 +100,27 @@ class TextModelExport(signatures.ModelExport):
     latent_spec = tf.TensorSpec([None, self.latent_dim], tf.float32)
 
     @tf.function(input_signature=[latent_spec, signatures.INT("max_length"), signatures.FLOAT("temperature"),
-                                  signatures.INT("seed")])
+                                  signatures.INT("seed")], autograph=False)
     def generate(z, max_length, temperature, seed):
       decoded, sentences = self.decode(z, max_length, temperature, seed, tf.shape(z)[0])
       return {"sentences": sentences, "tokens": decoded.tokens}
 
     @tf.function(input_signature=[signatures.INT("num"), signatures.INT("max_length"), signatures.FLOAT("temperature"),
-                                  signatures.INT("seed")])
+                                  signatures.INT("seed")], autograph=False)
     def sample(num, max_length, temperature, seed):
       z = self.prior_sample(num, seed)
       _, sentences = self.decode(z, max_length, temperature, seed, num)
       return {"z": z, "sentences": sentences}
 
-    @tf.function(input_signature=[signatures.STRINGS, signatures.INT("steps"), signatures.INT("max_length")])
+    @tf.function(input_signature=[signatures.STRINGS, signatures.INT("steps"), signatures.INT("max_length")],
+                 autograph=False)
     def reconstruct(sentences, steps, max_length):
       mean = self.refined_mean(sentences, steps)
       _, out = self.decode(mean, max_length, 0.0, 0, tf.shape(sentences)[0])
       return {"sentences": out}
 
-    @tf.function(input_signature=[latent_spec, signatures.INT("max_length"), signatures.INT("beam_size")])
+    @tf.function(input_signature=[latent_spec, signatures.INT("max_length"), signatures.INT("beam_size")],
+                 autograph=False)
     def beam_search(z, max_length, beam_size):
       beams = decoding.beam_search(self.model.decoder, self.latent(z), self.bos, self.eos,
                                    self.length(max_length), beam_size, self.pad, tf.shape(z)[0])

@@ -125,7 +125,8 @@ class _InnerLoop(keras.callbacks.Callback):
     # `corpus.draw` gives the dataset's batches without their examples' positions ("rows").
     batch = {name: spec for name, spec in corpus.dataset().element_spec.items() if name != "rows"}
     self.step = tf.function(lambda data, seed: method.encoder_step(model, data, seed),
-                            input_signature=[batch, tf.TensorSpec([2], tf.int32)])
+                            input_signature=[batch, tf.TensorSpec([2], tf.int32)],
+                            autograph=False)
 
   def on_train_batch_begin(self, batch, logs=None):
     method, model = self.method, self.vae

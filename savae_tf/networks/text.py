@@ -272,7 +272,7 @@ def _jit(fn):
   few across sentence lengths). Its callers are custom gradients, so no tape needs to see into
   it: its inputs are detached, or a recording tape would ask TensorFlow for a differentiable
   variant of the program, whose loop state cannot leave XLA."""
-  compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
+  compiled = tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
 
   def call(*args, **kwargs):
     return compiled(*(None if a is None else tf.stop_gradient(a) for a in args), **kwargs)
