@@ -109,7 +109,6 @@ class ModelInference:
     if not model.latent_dim:
       raise ValueError(f"The gap decomposition needs a latent variable; {model.mode!r} has none.")
     self.model = model
-    # autograph=False: straight-line functions (their loops are tf.while_loops already).
     self._encode = tf.function(lambda data: tuple(model.initial_params(model.observe(data))),
                                reduce_retracing=True, autograph=False)
     self._refine = tf.function(
